@@ -1,0 +1,1 @@
+"""Fused local-correlation CUDA extension (built on demand)."""

@@ -1,0 +1,119 @@
+"""Configuration of RoMa v2: one frozen dataclass and the named settings presets.
+
+Every field maps one-to-one onto a ROS parameter of the node (same name), so the node, the
+offline replay and the benchmarks describe a model the same way.
+
+Settings (the official ``apply_setting`` table of romav2 2.0.1):
+
+=========  ==========  ===========  =============  =========
+setting    lr (H x W)  hr (H x W)   bidirectional  threshold
+=========  ==========  ===========  =============  =========
+turbo      320 x 320   --           False          None
+fast       512 x 512   --           False          None
+base       640 x 640   --           False          None
+precise    800 x 800   1280 x 1280  True           None
+mega1500   800 x 800   1024 x 1024  True           0.05
+=========  ==========  ===========  =============  =========
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+SETTINGS: dict[str, dict] = {
+    'turbo': dict(H_lr=320, W_lr=320, H_hr=None, W_hr=None, bidirectional=False, threshold=None),
+    'fast': dict(H_lr=512, W_lr=512, H_hr=None, W_hr=None, bidirectional=False, threshold=None),
+    'base': dict(H_lr=640, W_lr=640, H_hr=None, W_hr=None, bidirectional=False, threshold=None),
+    'precise': dict(H_lr=800, W_lr=800, H_hr=1280, W_hr=1280, bidirectional=True,
+                    threshold=None),
+    # The paper's MegaDepth/ScanNet/WxBS/SatAst evaluation setting.
+    'mega1500': dict(H_lr=800, W_lr=800, H_hr=1024, W_hr=1024, bidirectional=True,
+                     threshold=0.05),
+}
+
+#: Names accepted by ``amp_dtype``.
+AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+#: Implementations of the refiners' local correlation (see ``local_correlation.py``).
+LOCAL_CORR_IMPLS = ('auto', 'cuda', 'torch')
+
+#: The model's spatial granularity: DINOv3 patches are 16 px and the refiners need
+#: resolutions divisible by 16 (stride-4 features of a 16-px patch grid).
+RESOLUTION_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class RoMaV2Config:
+    """Everything that defines a RoMa v2 model run; immutable.
+
+    Resolutions are in pixels of the model input (images are resized, aspect ratio not kept,
+    exactly as the official ``match``). ``H_hr``/``W_hr`` = None disables the second,
+    high-resolution refinement pass.
+
+    Precision: the official 2.0.1 policy is reproduced by the defaults: DINOv3 weights in bf16
+    and bf16 autocast around DINOv3, the multi-view transformer, the DPT head and the refiner
+    conv blocks; VGG19-BN under autocast on CUDA only. Each ``*_amp`` flag switches one
+    component to plain fp32 (all False = an all-fp32 run, except the mv-ViT RoPE, which the
+    official code always computes in bf16 unless ``mv_rope_bf16`` is False too).
+    """
+
+    setting: str = 'precise'
+    H_lr: int = 800
+    W_lr: int = 800
+    H_hr: Optional[int] = 1280
+    W_hr: Optional[int] = 1280
+    bidirectional: bool = True
+    threshold: Optional[float] = None
+
+    amp_dtype: str = 'bf16'
+    backbone_amp: bool = True
+    matcher_amp: bool = True
+    dpt_amp: bool = True
+    refiner_amp: bool = True
+    vgg_amp_on_cuda: bool = True
+    mv_rope_bf16: bool = True
+
+    local_corr: str = 'auto'
+    #: Stop DINOv3 after the last tapped block (identical outputs, ~25 % less backbone time).
+    skip_unused_blocks: bool = True
+
+    def __post_init__(self):
+        for name in ('H_lr', 'W_lr') + (('H_hr', 'W_hr') if self.H_hr is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0 or value % RESOLUTION_MULTIPLE:
+                raise ValueError(f'{name}={value!r}: must be a positive multiple of '
+                                 f'{RESOLUTION_MULTIPLE}')
+        if (self.H_hr is None) != (self.W_hr is None):
+            raise ValueError('H_hr and W_hr must both be set or both be None')
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f'amp_dtype={self.amp_dtype!r}: one of {sorted(AMP_DTYPES)}')
+        if self.local_corr not in LOCAL_CORR_IMPLS:
+            raise ValueError(f'local_corr={self.local_corr!r}: one of {LOCAL_CORR_IMPLS}')
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f'threshold={self.threshold!r}: must be in [0, 1] or None')
+
+    @classmethod
+    def from_setting(cls, setting: str = 'precise', **overrides) -> 'RoMaV2Config':
+        """The preset ``setting`` with any field overridden by keyword."""
+        if setting not in SETTINGS:
+            raise ValueError(f'unknown setting {setting!r}; one of {sorted(SETTINGS)}')
+        return cls(**{'setting': setting, **SETTINGS[setting], **overrides})
+
+    def replace(self, **changes) -> 'RoMaV2Config':
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def torch_amp_dtype(self) -> torch.dtype:
+        return AMP_DTYPES[self.amp_dtype]
+
+    @property
+    def has_hr(self) -> bool:
+        return self.H_hr is not None
+
+    def all_fp32(self) -> 'RoMaV2Config':
+        """This config with every autocast region and the bf16 mv-ViT RoPE switched off."""
+        return self.replace(backbone_amp=False, matcher_amp=False, dpt_amp=False,
+                            refiner_amp=False, vgg_amp_on_cuda=False, mv_rope_bf16=False)

