@@ -81,13 +81,13 @@ class RoMaV2Config:
     skip_unused_blocks: bool = True
 
     def __post_init__(self):
-        for name in ('H_lr', 'W_lr') + (('H_hr', 'W_hr') if self.H_hr is not None else ()):
+        for name in ('H_lr', 'W_lr', 'H_hr', 'W_hr'):
             value = getattr(self, name)
+            if name.endswith('hr') and value is None:
+                continue
             if not isinstance(value, int) or value <= 0 or value % RESOLUTION_MULTIPLE:
                 raise ValueError(f'{name}={value!r}: must be a positive multiple of '
                                  f'{RESOLUTION_MULTIPLE}')
-        if (self.H_hr is None) != (self.W_hr is None):
-            raise ValueError('H_hr and W_hr must both be set or both be None')
         if self.amp_dtype not in AMP_DTYPES:
             raise ValueError(f'amp_dtype={self.amp_dtype!r}: one of {sorted(AMP_DTYPES)}')
         if self.local_corr not in LOCAL_CORR_IMPLS:
@@ -111,6 +111,10 @@ class RoMaV2Config:
 
     @property
     def has_hr(self) -> bool:
+        """Whether the HR pass runs. H_hr and W_hr may be set one at a time (the official
+        attribute style), but a run with only one of them set is an error."""
+        if (self.H_hr is None) != (self.W_hr is None):
+            raise ValueError(f'H_hr={self.H_hr} and W_hr={self.W_hr}: set both or neither')
         return self.H_hr is not None
 
     def all_fp32(self) -> 'RoMaV2Config':

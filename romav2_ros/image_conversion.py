@@ -1,0 +1,188 @@
+"""sensor_msgs Image / CompressedImage <-> numpy, with cv_bridge semantics.
+
+``cv_bridge`` is used when it imports (a ROS install); otherwise this module's numpy
+implementation, which follows it: arrays are ``[H x W]`` for one channel and ``[H x W x C]``
+otherwise, in the message's channel order (``passthrough``) or converted to a requested colour
+encoding; rows may be padded (``step`` > width * pixel size); ``is_bigendian`` is honoured.
+Float images keep NaN (``32FC*``: NaN means "no value", as in depth images).
+
+Every malformed message raises :class:`InputError` (a ``ValueError``) with a short ``code`` the
+node counts in its diagnostics.
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+try:  # a ROS install's cv_bridge (NumPy-2 builds only; see docs/node.md)
+    from cv_bridge import CvBridge as _CvBridge
+    _BRIDGE = _CvBridge()
+except ImportError:  # pragma: no cover - depends on the installation
+    _BRIDGE = None
+
+#: encoding -> (numpy dtype, channels)
+ENCODINGS: dict[str, tuple[np.dtype, int]] = {
+    'rgb8': (np.dtype(np.uint8), 3), 'bgr8': (np.dtype(np.uint8), 3),
+    'rgba8': (np.dtype(np.uint8), 4), 'bgra8': (np.dtype(np.uint8), 4),
+    'mono8': (np.dtype(np.uint8), 1), 'mono16': (np.dtype(np.uint16), 1),
+    '8UC1': (np.dtype(np.uint8), 1), '8UC3': (np.dtype(np.uint8), 3),
+    '8UC4': (np.dtype(np.uint8), 4), '16UC1': (np.dtype(np.uint16), 1),
+    '32FC1': (np.dtype(np.float32), 1), '32FC2': (np.dtype(np.float32), 2),
+    '32FC3': (np.dtype(np.float32), 3),
+}
+#: Colour encodings a message can be converted to (``desired_encoding``), with their layout.
+_COLOUR = {'rgb8': 'RGB', 'bgr8': 'BGR', 'rgba8': 'RGBA', 'bgra8': 'BGRA', 'mono8': 'GRAY',
+           '8UC3': 'BGR', '8UC4': 'BGRA', '8UC1': 'GRAY'}
+
+
+class InputError(ValueError):
+    """A message the pipeline cannot use; ``code`` is a short counter key."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _check_encoding(encoding: str) -> tuple[np.dtype, int]:
+    if encoding not in ENCODINGS:
+        raise InputError('unsupported_encoding',
+                         f'unsupported image encoding {encoding!r}; supported: '
+                         f'{", ".join(ENCODINGS)}')
+    return ENCODINGS[encoding]
+
+
+def imgmsg_to_numpy(msg, desired_encoding: str = 'passthrough') -> np.ndarray:
+    """A ``sensor_msgs/Image`` as an array (a copy, native byte order, padding removed)."""
+    dtype, channels = _check_encoding(msg.encoding)
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h == 0 or w == 0:
+        raise InputError('zero_size', f'empty image ({w} x {h})')
+    row = w * channels * dtype.itemsize
+    if step < row:
+        raise InputError('step_mismatch', f'step {step} < width {w} x {channels} channels x '
+                                          f'{dtype.itemsize} bytes')
+    if len(msg.data) != step * h:
+        raise InputError('step_mismatch', f'data has {len(msg.data)} bytes, expected step '
+                                          f'{step} x height {h} = {step * h}')
+    if _BRIDGE is not None:
+        return _BRIDGE.imgmsg_to_cv2(msg, desired_encoding)
+    raw = np.frombuffer(bytes(msg.data), np.uint8).reshape(h, step)[:, :row]
+    order = '>' if msg.is_bigendian else '<'
+    arr = raw.copy().view(dtype.newbyteorder(order)).astype(dtype, copy=False)
+    arr = arr.reshape((h, w) if channels == 1 else (h, w, channels))
+    return convert_encoding(arr, msg.encoding, desired_encoding)
+
+
+def convert_encoding(arr: np.ndarray, encoding: str, desired: str) -> np.ndarray:
+    """Colour conversion between 8-bit encodings (cv_bridge's ``cvtColor`` semantics).
+
+    ``mono16`` converts to 8-bit colour by dividing by 256, as cv_bridge does.
+    """
+    if desired in ('passthrough', encoding):
+        return arr
+    src = _COLOUR.get(encoding, 'GRAY16' if encoding in ('mono16', '16UC1') else None)
+    dst = _COLOUR.get(desired)
+    if src is None or dst is None:
+        raise InputError('unsupported_encoding',
+                         f'cannot convert {encoding!r} to {desired!r}')
+    if src == 'GRAY16':
+        arr, src = (arr >> 8).astype(np.uint8), 'GRAY'
+    if src == dst:
+        return arr
+    return cv2.cvtColor(arr, getattr(cv2, f'COLOR_{src}2{dst}'))
+
+
+def numpy_to_imgmsg(arr: np.ndarray, encoding: str, header=None):
+    """An array (``[H x W]`` or ``[H x W x C]``) as a ``sensor_msgs/Image``, unpadded."""
+    from sensor_msgs.msg import Image
+    dtype, channels = _check_encoding(encoding)
+    arr = np.asarray(arr)
+    shape_channels = 1 if arr.ndim == 2 else arr.shape[2]
+    if arr.ndim not in (2, 3) or shape_channels != channels or arr.dtype != dtype:
+        raise InputError('unsupported_encoding',
+                         f'array {arr.dtype} {arr.shape} does not fit encoding {encoding!r} '
+                         f'({dtype}, {channels} channel(s))')
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError('zero_size', f'empty image {arr.shape}')
+    arr = np.ascontiguousarray(arr, dtype.newbyteorder('<'))
+    msg = Image(height=arr.shape[0], width=arr.shape[1], encoding=encoding, is_bigendian=0,
+                step=arr.shape[1] * channels * dtype.itemsize)
+    msg.data = arr.tobytes()
+    if header is not None:
+        msg.header = header
+    return msg
+
+
+def compressed_to_numpy(msg) -> tuple[np.ndarray, str]:
+    """Decode a ``sensor_msgs/CompressedImage`` (jpeg/png) to ``(array, encoding)``.
+
+    The encoding is what the codec gives: ``bgr8``, ``bgra8``, ``mono8`` or ``mono16``;
+    image_transport's ``"rgb8; jpeg compressed bgr8"`` format strings are accepted.
+    """
+    data = np.frombuffer(bytes(msg.data), np.uint8)
+    if data.size == 0:
+        raise InputError('zero_size', 'empty CompressedImage')
+    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if arr is None:
+        raise InputError('decode_failed', f'cannot decode CompressedImage of format '
+                                          f'{msg.format!r} ({data.size} bytes)')
+    if arr.ndim == 2:
+        return arr, 'mono16' if arr.dtype == np.uint16 else 'mono8'
+    if arr.dtype != np.uint8:
+        raise InputError('unsupported_encoding', f'compressed colour image of {arr.dtype}')
+    return arr, {3: 'bgr8', 4: 'bgra8'}[arr.shape[2]]
+
+
+def numpy_to_compressed(arr: np.ndarray, encoding: str, fmt: str = 'jpeg', header=None,
+                        jpeg_quality: int = 95):
+    """Encode an 8-bit (or ``mono16`` png) array as a ``sensor_msgs/CompressedImage``.
+
+    ``format`` follows image_transport: ``"<encoding>; <fmt> compressed <codec encoding>"``.
+    """
+    from sensor_msgs.msg import CompressedImage
+    if fmt not in ('jpeg', 'png'):
+        raise InputError('unsupported_encoding', f'compression format {fmt!r}: jpeg or png')
+    _check_encoding(encoding)
+    if encoding in ('mono16', '16UC1') and fmt == 'png':
+        codec_arr, codec_enc = arr, encoding
+    elif encoding in ('rgb8', 'rgba8', 'bgr8', 'bgra8', 'mono8', '8UC1', '8UC3', '8UC4'):
+        target = 'bgr8' if encoding in ('rgb8', 'bgr8', '8UC3') or fmt == 'jpeg' else 'bgra8'
+        if encoding in ('mono8', '8UC1'):
+            target = 'mono8'
+        codec_arr, codec_enc = convert_encoding(arr, encoding, target), target
+    else:
+        raise InputError('unsupported_encoding', f'cannot compress {encoding!r} as {fmt}')
+    params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if fmt == 'jpeg' else []
+    ok, buf = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', codec_arr, params)
+    if not ok:
+        raise InputError('encode_failed', f'cv2.imencode failed for {encoding} as {fmt}')
+    msg = CompressedImage(format=f'{encoding}; {fmt} compressed {codec_enc}')
+    msg.data = buf.tobytes()
+    if header is not None:
+        msg.header = header
+    return msg
+
+
+def to_rgb_float(msg) -> np.ndarray:
+    """Any supported Image or CompressedImage as ``[H x W x 3]`` float32 RGB in [0, 1].
+
+    The model input. Integer images are scaled by their type's maximum; float images are taken
+    as intensities in [0, 1] (clipped, NaN -> 0). Alpha is dropped, grey is replicated.
+    """
+    if hasattr(msg, 'format'):
+        arr, encoding = compressed_to_numpy(msg)
+    else:
+        arr, encoding = imgmsg_to_numpy(msg), msg.encoding
+    if arr.dtype == np.float32:
+        arr = np.clip(np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    else:
+        arr = arr.astype(np.float32) / np.iinfo(arr.dtype).max
+    if arr.ndim == 2:
+        return np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.shape[2] == 2:  # 32FC2 has no colour meaning; use its first channel as grey
+        return np.repeat(arr[:, :, :1], 3, axis=2)
+    rgb = arr[:, :, :3]
+    if encoding in ('bgr8', 'bgra8', '8UC3', '8UC4'):  # OpenCV's default channel order
+        rgb = rgb[:, :, ::-1]
+    return np.ascontiguousarray(rgb)

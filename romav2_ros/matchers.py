@@ -1,0 +1,80 @@
+"""Where the node's matcher comes from: the ``model_source`` seam.
+
+``model_source`` (a node parameter) names one of:
+
+* ``pretrained``: ``RoMaV2.from_pretrained(weights or None, ...)`` (official weights from
+  ``weights`` or the download cache; a clear error when offline and absent);
+* ``random``: ``RoMaV2.from_random(seed=random_seed, ...)`` (seeded random weights: demos,
+  smoke tests, timing without weights);
+* a name registered with :func:`register` (by a plugin module, see below);
+* ``package.module:factory``: a callable imported on demand (test doubles, custom matchers).
+
+Plugin modules listed in the environment variable ``ROMAV2_MATCHER_PLUGINS`` (comma-separated
+module names) are imported before the lookup so they can call :func:`register`.
+
+A factory is called as ``factory(config=RoMaV2Config, device=str, weights=str, seed=int)``
+and returns an object implementing ``romav2_core.interface.DenseMatcher``.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Callable
+
+from romav2_core.config import RoMaV2Config
+
+PLUGINS_ENV = 'ROMAV2_MATCHER_PLUGINS'
+_REGISTRY: dict[str, Callable] = {}
+
+
+def register(name: str, factory: Callable) -> None:
+    """Make ``model_source:=<name>`` build a matcher with ``factory`` (see module docstring)."""
+    if ':' in name:
+        raise ValueError(f'matcher name {name!r} must not contain ":"')
+    _REGISTRY[name] = factory
+
+
+def _model_kwargs(config: RoMaV2Config) -> dict:
+    kwargs = {k: v for k, v in vars(config).items() if k != 'setting'}
+    return {'setting': config.setting, **kwargs}
+
+
+def _pretrained(config: RoMaV2Config, device: str, weights: str, seed: int):
+    from romav2_core.model import RoMaV2  # lazy: torch model code only when needed
+    return RoMaV2.from_pretrained(weights=weights or None, device=device,
+                                  **_model_kwargs(config))
+
+
+def _random(config: RoMaV2Config, device: str, weights: str, seed: int):
+    from romav2_core.model import RoMaV2
+    return RoMaV2.from_random(seed=seed, device=device, **_model_kwargs(config))
+
+
+register('pretrained', _pretrained)
+register('random', _random)
+
+
+def _import_plugins() -> None:
+    for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, '').split(','))):
+        importlib.import_module(module)
+
+
+def resolve(source: str) -> Callable:
+    """The factory for ``model_source`` value ``source``; ValueError naming the choices."""
+    _import_plugins()
+    if source in _REGISTRY:
+        return _REGISTRY[source]
+    if ':' in source:
+        module, _, attr = source.partition(':')
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f'model_source {source!r}: cannot import {attr!r} from '
+                             f'{module!r}: {exc}') from exc
+    raise ValueError(f'unknown model_source {source!r}; one of {sorted(_REGISTRY)} or '
+                     f'"package.module:factory"')
+
+
+def create(source: str, config: RoMaV2Config, device: str, weights: str = '', seed: int = 0):
+    """Build the matcher named by ``source`` (see the module docstring)."""
+    return resolve(source)(config=config, device=device, weights=weights, seed=seed)
