@@ -1,1 +1,169 @@
-"""Fused local-correlation CUDA extension (built on demand)."""
+"""Fused local-correlation CUDA extension (built on demand).
+
+``local_correlation(f_A, f_B, warp, radius)`` computes, for every pixel x of f_A,
+
+    out[b, y, x, k] = sum_c f_A[b, c, y, x] / sqrt(C) * bilinear(f_B[b, c], warp[b, y, x] + off_k)
+
+with the (2r+1)^2 offsets ``off_k`` of the official ``romav2/local_correlation.py`` (see
+local_corr.cu and README.md), in one CUDA kernel that allocates nothing besides its fp32
+``[B, H, W, K]`` output. Inference only (no backward).
+
+Everything here is lazy: importing this package imports neither torch nor torch.cuda. The first
+call of :func:`is_available` (or :func:`local_correlation`) resolves the extension once:
+
+1. ``torch.cuda.is_available()`` must be True;
+2. a library built at install time is loaded if there is one (``ROMAV2_CUDA_EXT_LIB``, or a
+   ``_romav2_local_corr*.so`` next to this file);
+3. otherwise the sources are compiled with ``torch.utils.cpp_extension.load`` (JIT, needs nvcc
+   and ninja) into ``$ROMAV2_CUDA_EXT_DIR`` (default ``~/.cache/romav2_ros/cuda_ext``), in a
+   sub-folder per torch / CUDA version and GPU architecture; later runs reuse that build.
+
+``ROMAV2_CUDA_EXT_DISABLE=1`` skips all of it (:func:`is_available` is then False). One line on
+the ``romav2_core`` logger says which path is active or why the kernel is unavailable.
+"""
+import glob
+import logging
+import os
+import threading
+
+__all__ = ['is_available', 'load_error', 'local_correlation', 'active_path', 'build_dir']
+
+_LOG = logging.getLogger('romav2_core')
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_SOURCES = ('local_corr.cpp', 'local_corr.cu')
+_OP_NAMESPACE = 'romav2_cuda_ext'
+_OP_NAME = 'local_correlation'
+
+_lock = threading.Lock()
+_resolved = False
+_error = None  # str: why the kernel is unavailable
+_path = None   # str: how it was loaded ('prebuilt <file>' / 'jit <dir>')
+
+
+def _cache_root():
+    root = os.environ.get('ROMAV2_CUDA_EXT_DIR')
+    if root:
+        return os.path.abspath(os.path.expanduser(root))
+    return os.path.join(os.path.expanduser('~'), '.cache', 'romav2_ros', 'cuda_ext')
+
+
+def build_dir():
+    """The folder a JIT build of this torch / CUDA / GPU combination goes to (needs torch)."""
+    import torch
+    major, minor = torch.cuda.get_device_capability() if torch.cuda.is_available() else (0, 0)
+    tag = 'torch{}_cu{}_sm{}{}'.format(torch.__version__, torch.version.cuda, major, minor)
+    tag = ''.join(ch if ch.isalnum() or ch in '._-' else '_' for ch in tag)
+    return os.path.join(_cache_root(), tag)
+
+
+def _op_registered(torch):
+    try:
+        return hasattr(getattr(torch.ops, _OP_NAMESPACE), _OP_NAME)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _prebuilt_candidates():
+    env = os.environ.get('ROMAV2_CUDA_EXT_LIB')
+    if env:
+        return [env]
+    return sorted(glob.glob(os.path.join(_HERE, '_romav2_local_corr*.so')))
+
+
+def _resolve():
+    """Find or build the extension; returns (path, error), exactly one of them None."""
+    if os.environ.get('ROMAV2_CUDA_EXT_DISABLE', '') not in ('', '0'):
+        return None, 'disabled by ROMAV2_CUDA_EXT_DISABLE={}'.format(
+            os.environ['ROMAV2_CUDA_EXT_DISABLE'])
+    try:
+        import torch
+    except ImportError as exc:  # pragma: no cover - torch is a hard dependency
+        return None, 'torch cannot be imported ({})'.format(exc)
+    if not torch.cuda.is_available():
+        return None, ('torch.cuda.is_available() is False (torch {}, built for CUDA {})'
+                      .format(torch.__version__, torch.version.cuda))
+    if _op_registered(torch):
+        return 'already registered in this process', None
+    errors = []
+    for lib in _prebuilt_candidates():
+        try:
+            torch.ops.load_library(lib)
+        except (OSError, RuntimeError) as exc:
+            errors.append('prebuilt {} failed to load: {}'.format(lib, exc))
+            continue
+        if _op_registered(torch):
+            return 'prebuilt {}'.format(lib), None
+        errors.append('prebuilt {} does not register {}::{}'.format(
+            lib, _OP_NAMESPACE, _OP_NAME))
+    try:
+        from torch.utils import cpp_extension
+        directory = build_dir()
+        os.makedirs(directory, exist_ok=True)
+        cpp_extension.load(
+            name='romav2_local_corr',
+            sources=[os.path.join(_HERE, src) for src in _SOURCES],
+            build_directory=directory,
+            extra_cflags=['-O3'],
+            extra_cuda_cflags=['-O3'],
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as exc:  # noqa: BLE001 - any build failure means "unavailable"
+        first = str(exc).strip().splitlines()
+        errors.append('JIT build failed: {}: {}'.format(
+            type(exc).__name__, first[0] if first else ''))
+        return None, '; '.join(errors)
+    if not _op_registered(torch):
+        errors.append('JIT build loaded but {}::{} is not registered'.format(
+            _OP_NAMESPACE, _OP_NAME))
+        return None, '; '.join(errors)
+    return 'jit {}'.format(directory), None
+
+
+def _ensure():
+    global _resolved, _error, _path
+    if _resolved:
+        return
+    with _lock:
+        if _resolved:
+            return
+        path, error = _resolve()
+        _path, _error, _resolved = path, error, True
+        if error is None:
+            _LOG.info('cuda_ext: fused local-correlation CUDA kernel active (%s)', path)
+        else:
+            _LOG.info('cuda_ext: fused local-correlation CUDA kernel unavailable: %s', error)
+
+
+def is_available():
+    """True when CUDA is usable and the kernel was loaded or built (may build it: minutes)."""
+    _ensure()
+    return _error is None
+
+
+def load_error():
+    """Why the kernel is unavailable (a sentence), or None when it is available."""
+    _ensure()
+    return _error
+
+
+def active_path():
+    """'prebuilt <file>', 'jit <dir>' or 'already registered ...'; None when unavailable."""
+    _ensure()
+    return _path
+
+
+def local_correlation(f_A, f_B, warp, radius):
+    """Fused local correlation on CUDA tensors; returns fp32 ``[B, H, W, (2 radius + 1)^2]``.
+
+    f_A ``[B, C, H, W]`` and f_B ``[B, C, Hb, Wb]`` (float32, float16 or bfloat16, one dtype),
+    warp ``[B, H, W, 2]`` normalised (x, y) in [-1, 1]; non-contiguous features are made
+    contiguous first. Inference only: refuses inputs that require grad while grad mode is on.
+    Raises RuntimeError (with :func:`load_error`) when the kernel is unavailable.
+    """
+    if not is_available():
+        raise RuntimeError('cuda_ext.local_correlation: the fused CUDA kernel is unavailable: '
+                           '{}'.format(_error))
+    import torch
+    op = getattr(getattr(torch.ops, _OP_NAMESPACE), _OP_NAME)
+    return op(f_A.contiguous(), f_B.contiguous(), warp, int(radius))

@@ -87,7 +87,8 @@ def local_correlation(f_A: Tensor, f_B: Tensor, warp: Tensor, radius: int,
     """
     B, C, H, W = f_A.shape
     if f_B.dim() != 4 or f_B.shape[:2] != (B, C):
-        raise ValueError(f'f_B must be [B x C x Hb x Wb] = [{B} x {C} x ..], got {tuple(f_B.shape)}')
+        raise ValueError(f'f_B must be [B x C x Hb x Wb] = [{B} x {C} x ..], '
+                         f'got {tuple(f_B.shape)}')
     if warp.shape != (B, H, W, 2):
         raise ValueError(f'warp must be [B x H x W x 2] = [{B} x {H} x {W} x 2], '
                          f'got {tuple(warp.shape)}')

@@ -218,23 +218,33 @@ def estimate_relative_pose(points_a, points_b, K_a, K_b, D_a=None, D_b=None,
                                    ransac_threshold_px / focal, max_iters)
     if E is None or E.shape != (3, 3) or mask is None:
         return None
-    n_good, R, t, mask = cv2.recoverPose(E, xa, xb, np.eye(3), mask=mask.copy())
-    inliers = mask.ravel() > 0
-    if inliers.sum() < 5:
-        return None
+    _, R, t, _ = cv2.recoverPose(E, xa, xb, np.eye(3), mask=mask.copy())
+    t = t.ravel()
     if cov_b is None:
         cov_b = np.broadcast_to(np.eye(2), (n, 2, 2))
-    ca = _normalized_covariance(points_a, cov_a, K_a, D_a, model_a)[inliers]
-    cb = _normalized_covariance(points_b, cov_b, K_b, D_b, model_b)[inliers]
-    xa_in, xb_in = xa[inliers], xb[inliers]
+    ca = _normalized_covariance(points_a, cov_a, K_a, D_a, model_a)
+    cb = _normalized_covariance(points_b, cov_b, K_b, D_b, model_b)
+    unit = np.broadcast_to(np.eye(2), (n, 2, 2))
 
-    def residual(R_, t_):
-        return _weighted_sampson(R_, t_, xa_in, xb_in, ca, cb)
+    def fit(mask, R, t):
+        """Refine on the matches in ``mask``: (R, t, Jacobian, weighted residuals)."""
+        def residual(R_, t_):
+            return _weighted_sampson(R_, t_, xa[mask], xb[mask], ca[mask], cb[mask])
+        R, t, J = _refine(R, t, residual)
+        return R, t, J, residual(R, t)
 
-    R, t, J = _refine(R, t.ravel(), residual)
-    unit = np.zeros((len(xa_in), 2, 2))
-    unit[:, 0, 0] = unit[:, 1, 1] = 1.0
-    sampson = np.abs(_weighted_sampson(R, t, xa_in, xb_in, unit, unit))
-    return PoseEstimate(R=R, t=t, covariance=_covariance_6x6(J, residual(R, t), t),
-                        inliers=inliers, num_matches=n, num_inliers=int(inliers.sum()),
-                        mean_epipolar_error=float(sampson.mean() * focal))
+    def sampson_px(R, t):
+        return np.abs(_weighted_sampson(R, t, xa, xb, unit, unit)) * focal
+
+    # Refine on the RANSAC inliers (recoverPose's cheirality subset can be half of a wrong
+    # decomposition), then re-select the inliers with the refined model and refine once more
+    # (the local-optimisation step of LO-RANSAC).
+    inliers = mask.ravel() > 0
+    R, t, J, r = fit(inliers, R, t)
+    reselected = sampson_px(R, t) < ransac_threshold_px
+    if reselected.sum() >= MIN_MATCHES and (reselected != inliers).any():
+        inliers = reselected
+        R, t, J, r = fit(inliers, R, t)
+    return PoseEstimate(R=R, t=t, covariance=_covariance_6x6(J, r, t), inliers=inliers,
+                        num_matches=n, num_inliers=int(inliers.sum()),
+                        mean_epipolar_error=float(sampson_px(R, t)[inliers].mean()))

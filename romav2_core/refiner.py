@@ -30,7 +30,7 @@ ANCHOR_SIZE = 512
 STRIDES = (4, 2, 1)
 #: Small constant keeping the Cholesky diagonal strictly positive.
 CHOL_EPS = 1e-6
-#: Divisor of the raw warp-head output, in feature pixels (``refine_init``).
+#: The warp head's output is divided by REFINE_INIT x (W_feat, H_feat) (``refine_init``).
 REFINE_INIT = 4.0
 
 
@@ -57,7 +57,7 @@ REFINER_SPECS = {
 
 
 def displacement_scale_factor(H_img: int, W_img: int, device=None) -> Tensor:
-    """``scale_factor`` ``[2]`` = (W_img / 512, H_img / 512), fp32, of the current stage's image."""
+    """``scale_factor`` ``[2]`` = (W_img / 512, H_img / 512), fp32, of the stage's image."""
     return torch.tensor((W_img / ANCHOR_SIZE, H_img / ANCHOR_SIZE), dtype=torch.float32,
                         device=device)
 
@@ -194,9 +194,8 @@ class ConvRefiner(nn.Module):
 class Refiners(nn.ModuleDict):
     """The cascade of ``ConvRefiner``s keyed "4", "2", "1" (run in that order)."""
 
-    def __init__(self, specs: Optional[dict[int, RefinerSpec]] = None):
-        specs = REFINER_SPECS if specs is None else specs
-        super().__init__({str(s): ConvRefiner(specs[s]) for s in STRIDES})
+    def __init__(self):
+        super().__init__({str(s): ConvRefiner(REFINER_SPECS[s]) for s in STRIDES})
 
     def forward(self, feats_A: dict[int, Tensor], feats_B: dict[int, Tensor], warp: Tensor,
                 confidence: Tensor, scale_factor: Union[Tensor, Sequence[float]],

@@ -154,12 +154,25 @@ def one_line(exc: BaseException) -> str:
     return f'{type(exc).__name__}: {text}' if text else type(exc).__name__
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends (they are delivered right after it).
+
+    For steps that must not be cut in half by Ctrl-C: a frame's outputs, a bag's closing.
+    """
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 class BagWriter:
     """A rosbag2 writer that adds a connection on a topic's first message and always closes.
 
     Closing writes the MCAP footer / sqlite3 metadata, without which the bag is unreadable;
-    ``close()`` therefore runs with SIGINT and SIGTERM blocked, so a second Ctrl-C during the
-    final flush cannot leave a half-written bag.
+    ``close()`` therefore runs with signals deferred, so a second Ctrl-C during the final
+    flush cannot leave a half-written bag.
     """
 
     def __init__(self, path: str | Path, storage: str = 'mcap',
@@ -198,12 +211,9 @@ class BagWriter:
     def close(self) -> None:
         if self._writer is None:
             return
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            self._writer.close()
-        finally:
-            self._writer = None
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        with signals_deferred():
+            writer, self._writer = self._writer, None
+            writer.close()
 
     def __enter__(self) -> 'BagWriter':
         return self

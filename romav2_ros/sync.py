@@ -55,9 +55,6 @@ except ImportError:
         def getTopic(self):  # noqa: N802
             return self.topic
 
-        def __getattr__(self, name):
-            return getattr(self.sub, name)
-
     class ExactTimeSynchronizer(SimpleFilter):
         """Fires with one message per input once all inputs have the same stamp."""
 

@@ -78,7 +78,7 @@ def _sample_messages():
 @pytest.mark.parametrize('name', MSG_TYPES)
 def test_custom_message_type_hash_matches_rosbags(name):
     """rosbags' RIHS01 hash of msg/*.msg equals the hash rosidl generated for rclpy."""
-    built = ROOT / '.venv' / 'share' / 'romav2_interfaces' / 'msg' / f'{name}.json'
+    built = pathlib.Path(sys.prefix) / 'share' / 'romav2_interfaces' / 'msg' / f'{name}.json'
     hashes = json.loads(built.read_text())['type_hashes']
     ours = next(h['hash_string'] for h in hashes
                 if h['type_name'] == f'romav2_interfaces/msg/{name}')

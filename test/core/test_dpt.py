@@ -88,8 +88,8 @@ def test_state_dict_matches_checkpoint_keys():
     ours = DPTHead()
     expected = checkpoint_tensors(PREFIX)
     assert expected, 'no matcher.head.* rows in the key table'
-    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
-        {k: tuple(v.shape) for k, v in expected.items()}
+    assert {k: (tuple(v.shape), v.dtype) for k, v in ours.state_dict().items()} == \
+        {k: (tuple(v.shape), v.dtype) for k, v in expected.items()}
     ours.load_state_dict(expected, strict=True)
 
 

@@ -40,7 +40,8 @@ def _randomise(module, seed=0):
                 p.copy_(0.5 + torch.rand(p.shape, generator=g))
             else:
                 fan_in = p[0].numel()
-                gain = 4.0 if 'head' in name else 2.0 ** 0.5
+                gain = {'warp_head': 4.0, 'confidence_head': 1.0, 'conv_pointwise': 1.0}.get(
+                    name.split('.')[-2], 2.0 ** 0.5)
                 p.copy_(gain / fan_in ** 0.5 * torch.randn(p.shape, generator=g))
         for name, b in module.named_buffers():
             if name.endswith('running_mean'):

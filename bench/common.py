@@ -1,0 +1,103 @@
+"""Shared pieces of the benchmarks: machine facts, model builders, timing, one JSON report.
+
+Every benchmark measures both sides of a comparison in one run (ours and the official
+romav2 2.0.1, same seeded weights, same setting, same device); on the CPU each side runs in its
+own subprocess so that its peak resident memory can be read separately (ru_maxrss).
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / 'test'))  # the official-model oracle lives with the tests
+
+
+def machine() -> dict:
+    info = {'platform': platform.platform(), 'python': platform.python_version(),
+            'torch': torch.__version__, 'cpu_count': os.cpu_count(),
+            'torch_threads': torch.get_num_threads(),
+            'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
+    try:
+        info['cpu'] = next(line.split(':', 1)[1].strip() for line in
+                           Path('/proc/cpuinfo').read_text().splitlines()
+                           if line.startswith('model name'))
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info['gpu'] = torch.cuda.get_device_name()
+    return info
+
+
+def build(side: str, setting: str, device: str, seed: int = 0, **overrides):
+    """Our RoMaV2 or the official one, with the same seeded random weights."""
+    from romav2_core.model import RoMaV2
+    ours = RoMaV2.from_random(seed=seed, setting=setting, device=device, **overrides)
+    if side == 'ours':
+        return ours
+    from official_oracle import build_official_model
+    from romav2_core.dinov3 import DINOv3ViTL16
+
+    class Backbone(DINOv3ViTL16):  # the official wrapper patches type(backbone).forward
+        pass
+
+    official = build_official_model(Backbone, setting=setting)
+    torch.nn.Module.load_state_dict(official, ours.state_dict(), strict=True)
+    for key in ('H_lr', 'W_lr', 'H_hr', 'W_hr', 'bidirectional'):
+        setattr(official, key, getattr(ours, key))
+    del ours
+    return official.to(device)
+
+
+def sync(device: str) -> None:
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str, repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak GPU memory allocated by torch, or this process's peak resident set on the CPU."""
+    if device.startswith('cuda'):
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def run_side(script: Path, args: list[str]) -> dict:
+    """Run ``script --side ...`` in a fresh interpreter and return its JSON line."""
+    out = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                         check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f'{script.name} {" ".join(args)} failed:\n{out.stderr[-3000:]}')
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(result: dict, summary: str) -> None:
+    """The benchmark's JSON (stdout) and its one-line human summary (stderr)."""
+    print(json.dumps(result, indent=2))
+    print(summary, file=sys.stderr)

@@ -1,0 +1,285 @@
+"""``romav2_node``: RoMa v2 dense matching as a ROS 2 node (stereo or sequential).
+
+Threading: subscription and synchroniser callbacks run on a SingleThreadedExecutor and only put
+the latest synchronised set into a drop-oldest queue of size 1 (a newer set replaces an
+unprocessed one; counted as ``dropped``). One worker thread owns the model: it builds it, warms
+it up and runs :class:`~romav2_ros.pipeline.MatchingPipeline` on each set, then publishes.
+Outputs are computed only for topics with subscribers and ``publish_<key>`` true.
+
+Startup is all-or-nothing: publishers and subscriptions are created only after the model is
+built; a model that cannot be built (missing weights offline, bad parameters) ends the process
+with a message saying what to do and exit status 1.
+
+Topics, parameters and conventions: docs/node.md.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import rclpy
+import rclpy.exceptions
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+
+from romav2_ros import matchers, params
+from romav2_ros.diagnostics import Diagnostics
+from romav2_ros.pipeline import OUTPUTS, VIZ_OUTPUTS, InputError, MatchingPipeline
+from romav2_ros.sync import ApproximateTimeSynchronizer, ExactTimeSynchronizer, Subscriber
+
+#: Seconds between repeated log lines of the same bad-input reason.
+LOG_REPEAT_S = 30.0
+INPUT_TOPICS = {'stereo': ('left/image_rect', 'left/camera_info', 'right/image_rect',
+                           'right/camera_info'),
+                'sequential': ('image', 'camera_info')}
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message says what to do."""
+
+
+class LatestQueue:
+    """A queue holding at most one item: ``put`` replaces (drops) an unconsumed one."""
+
+    def __init__(self):
+        self._item = None
+        self._cond = threading.Condition()
+
+    def put(self, item) -> bool:
+        """Store ``item``; True when it replaced an item that was never taken."""
+        with self._cond:
+            dropped = self._item is not None
+            self._item = item
+            self._cond.notify()
+            return dropped
+
+    def get(self, timeout: float):
+        """The item, or None after ``timeout`` seconds."""
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+    def __len__(self) -> int:
+        return int(self._item is not None)
+
+
+def _output_type(key: str):
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from romav2_interfaces.msg import RelativePose, SampledMatches
+    from sensor_msgs.msg import Image
+    from stereo_msgs.msg import DisparityImage
+    return {'disparity': DisparityImage, 'matches': SampledMatches,
+            'relative_pose': PoseWithCovarianceStamped,
+            'relative_pose_info': RelativePose}.get(key, Image)
+
+
+class RoMaV2Node(Node):
+    """See the module docstring. Call :meth:`start` before spinning, :meth:`close` after."""
+
+    def __init__(self, **kwargs):
+        super().__init__('romav2_node', **kwargs)
+        self.add_on_set_parameters_callback(params.validate)
+        self.values = params.declare(self)
+        self.add_post_set_parameters_callback(self._apply_parameters)
+        self.mode = self.values['mode']
+        self.device = params.resolve_device(self.values['device'])
+        self.pipeline = None
+        self.diagnostics = None
+        self.queue = LatestQueue()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._failure = None
+        self._worker = threading.Thread(target=self._work, name='romav2_worker', daemon=True)
+        self._last_log = {}
+        self._last_viz = 0.0
+        self.pubs = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Build the model on the worker thread, then open topics. Raises StartupError."""
+        self._worker.start()
+        while not self._ready.wait(0.1):
+            pass
+        if self._failure is not None:
+            raise StartupError(_explain(self._failure, self.values)) from self._failure
+        out_qos = params.qos_profile(self.values['output_qos'], self.values['output_qos_depth'])
+        for key in OUTPUTS:
+            if key == 'disparity' and self.mode != 'stereo':
+                continue
+            self.pubs[key] = self.create_publisher(_output_type(key), '~/' + key, out_qos)
+        topics = INPUT_TOPICS[self.mode]
+        self.diagnostics = Diagnostics(self, ' and '.join(self.resolve_topic_name(t)
+                                                          for t in topics), self.device)
+        self._subscribe(topics)
+        self.get_logger().info(
+            f'ready: mode={self.mode}, model_source={self.values["model_source"]}, '
+            f'device={self.device}, inputs={[self.resolve_topic_name(t) for t in topics]}')
+
+    def close(self) -> None:
+        """Stop and join the worker (idempotent)."""
+        self._stop.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout=30)
+
+    def _subscribe(self, topics) -> None:
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+        compressed = self.values['input_transport'] == 'compressed'
+        qos = params.qos_profile(self.values['input_qos'], self.values['input_qos_depth'])
+        filters = []
+        for topic in topics:
+            if topic.endswith('camera_info'):
+                filters.append(Subscriber(self, CameraInfo, topic, qos_profile=qos))
+                continue
+            sub = Subscriber(self, CompressedImage if compressed else Image,
+                             topic + '/compressed' if compressed else topic, qos_profile=qos)
+            sub.registerCallback(lambda _msg: self.diagnostics.count('received'))
+            filters.append(sub)
+        if self.values['approximate_sync']:
+            self._sync = ApproximateTimeSynchronizer(filters, self.values['sync_queue_size'],
+                                                     self.values['sync_slop'])
+        else:
+            self._sync = ExactTimeSynchronizer(filters, self.values['sync_queue_size'])
+        self._sync.registerCallback(self._on_synchronized)
+
+    def _on_synchronized(self, *msgs) -> None:
+        """Executor thread: enqueue only (never model work here)."""
+        self.diagnostics.count('synchronized')
+        if self.queue.put(msgs):
+            self.diagnostics.count('dropped')
+        self.diagnostics.gauge('queue_depth', len(self.queue))
+
+    def _apply_parameters(self, changed) -> None:
+        for p in changed:
+            self.values[p.name] = p.value
+            if self.pipeline is not None and hasattr(self.pipeline.config, p.name):
+                setattr(self.pipeline.config, p.name, p.value)
+
+    # ------------------------------------------------------------------ worker thread
+    def _work(self) -> None:
+        try:
+            matcher = matchers.create(self.values['model_source'], params.model_config(self.values),
+                                      self.device, self.values['weights'],
+                                      self.values['random_seed'])
+            if self.values['warmup']:
+                _warm_up(matcher, self.device)
+            self.pipeline = MatchingPipeline(matcher, params.pipeline_config(self.values))
+        except BaseException as exc:  # reported by start() on the main thread
+            self._failure = exc
+            return
+        finally:
+            self._ready.set()
+        while not self._stop.is_set():
+            item = self.queue.get(timeout=0.1)
+            if item is not None:
+                self.diagnostics.gauge('queue_depth', len(self.queue))
+                self._process(item)
+
+    def _wanted(self) -> set:
+        wanted = {k for k, pub in self.pubs.items()
+                  if self.values[f'publish_{k}'] and pub.get_subscription_count() > 0}
+        rate = self.values['viz_rate']
+        if wanted & set(VIZ_OUTPUTS):
+            now = time.monotonic()
+            if rate > 0 and now - self._last_viz < 1.0 / rate:
+                wanted -= set(VIZ_OUTPUTS)
+            else:
+                self._last_viz = now
+        return wanted
+
+    def _process(self, msgs) -> None:
+        wanted = self._wanted()
+        if not wanted:
+            # Lazy: nobody listens. A sequence restarts when someone subscribes again.
+            self.diagnostics.count('skipped')
+            self.pipeline.reset()
+            return
+        try:
+            if self.mode == 'stereo':
+                result = self.pipeline.process_stereo(*msgs, wanted)
+            else:
+                result = self.pipeline.process_sequential(*msgs, wanted)
+        except InputError as exc:
+            self._report(exc.code, exc.message)
+            return
+        except Exception as exc:  # keep running; the reason is logged and counted
+            self._report('internal_error', f'{type(exc).__name__}: {exc}')
+            return
+        if result is None:
+            return
+        t0 = time.perf_counter()
+        for key, msg in result.messages.items():
+            self.pubs[key].publish(msg)
+        result.timings['publish'] = time.perf_counter() - t0
+        self.diagnostics.latency(result.timings)
+        self.diagnostics.count('processed')
+        for note in result.notes:
+            code, _, text = note.partition(': ')
+            self._report(code, text)
+
+    def _report(self, code: str, text: str) -> None:
+        """Count a bad-input reason; log it the first time, then every LOG_REPEAT_S."""
+        self.diagnostics.error(code)
+        now = time.monotonic()
+        last = self._last_log.get(code)
+        if last is None or now - last > LOG_REPEAT_S:
+            self._last_log[code] = now
+            count = self.diagnostics.errors[code]
+            self.get_logger().warn(f'bad input [{code}]: {text} (seen {count}x; counted in '
+                                   f'/diagnostics, repeated at most every {LOG_REPEAT_S:.0f} s)')
+
+
+def _warm_up(matcher, device: str) -> None:
+    """One pair through the model (lazy init, compilation, autotuning) before topics open."""
+    import torch
+    h, w = matcher.output_hw
+    x = torch.rand(1, 3, h, w, device=device)
+    with torch.inference_mode():
+        f = matcher.encode(x)
+        matcher.match_features(f, f)
+
+
+def _explain(exc: BaseException, values: dict) -> str:
+    """A startup failure as a message that says what to do."""
+    text = f'{type(exc).__name__}: {exc}'
+    if isinstance(exc, (FileNotFoundError, RuntimeError, OSError)) and \
+            values['model_source'] == 'pretrained':
+        return (f'cannot load the RoMa v2 weights ({text}). Give a local checkpoint with '
+                f'weights:=/path/to/romav2.pt, or run once with network access to fill the '
+                f'download cache, or use model_source:=random for a demo without weights.')
+    if isinstance(exc, ImportError):
+        return f'cannot import the matcher ({text}); check model_source and the installation.'
+    return f'cannot build the matcher: {text}'
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    log = rclpy.logging.get_logger('romav2_node')
+    node = None
+    status = 0
+    try:
+        node = RoMaV2Node()
+        node.start()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except StartupError as exc:
+        log.fatal(str(exc))
+        status = 1
+    except (ValueError, rclpy.exceptions.ParameterException) as exc:
+        log.fatal(f'invalid parameters: {exc}')
+        status = 1
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())

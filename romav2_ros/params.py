@@ -1,0 +1,188 @@
+"""The node's parameters: declarations with descriptors, validation, and the one mapping from
+parameters to ``RoMaV2Config`` / ``PipelineConfig``.
+
+Model and wiring parameters are read-only (set them at launch); thresholds, toggles and the
+visualisation rate can change at runtime (``ros2 param set``). Ranges are in the descriptors
+(``ros2 param describe``); choices and cross-field rules are checked by :func:`validate`, which
+the node installs as its on-set callback, so a bad value is rejected with a reason both at
+startup and at runtime.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from romav2_core.config import AMP_DTYPES, LOCAL_CORR_IMPLS, SETTINGS, RoMaV2Config
+from romav2_ros.pipeline import OUTPUTS, PipelineConfig
+
+QOS_CHOICES = ('sensor_data', 'reliable', 'system_default')
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    description: str
+    runtime: bool = False                       # changeable after startup
+    choices: Optional[tuple] = None             # allowed strings
+    range: Optional[tuple] = None               # (from, to[, step]) inclusive
+    units: str = ''
+
+
+PARAMS: tuple[Param, ...] = (
+    Param('mode', 'stereo', 'stereo: match left -> right; sequential: frame t -> t-1',
+          choices=('stereo', 'sequential')),
+    # --- model (RoMaV2Config fields, same names)
+    Param('setting', 'precise', 'RoMa v2 preset (resolution, refinement, bidirectional)',
+          choices=tuple(SETTINGS)),
+    Param('H_lr', 0, 'coarse model input height; 0 = the preset\'s', range=(0, 4096, 16),
+          units='px'),
+    Param('W_lr', 0, 'coarse model input width; 0 = the preset\'s', range=(0, 4096, 16),
+          units='px'),
+    Param('H_hr', 0, 'high-resolution refinement height (multiple of 16); 0 = preset, '
+                     '-1 = no high-resolution pass', range=(-1, 4096), units='px'),
+    Param('W_hr', 0, 'high-resolution refinement width (multiple of 16); 0 = preset, '
+                     '-1 = no high-resolution pass', range=(-1, 4096), units='px'),
+    Param('bidirectional', 'preset', 'also predict B -> A (costs time; not published)',
+          choices=('preset', 'true', 'false')),
+    Param('amp_dtype', 'bf16', 'autocast dtype of the mixed-precision regions',
+          choices=tuple(AMP_DTYPES)),
+    Param('local_corr', 'auto', 'refiner local correlation implementation',
+          choices=LOCAL_CORR_IMPLS),
+    Param('device', 'auto', 'torch device: auto (cuda if available), cpu, cuda, cuda:N'),
+    Param('weights', '', 'path of the RoMa v2 checkpoint; empty = official download cache'),
+    Param('model_source', 'pretrained', 'pretrained, random (seeded random weights), a '
+                                        'registered matcher or package.module:factory'),
+    Param('random_seed', 0, 'seed of model_source:=random', range=(0, 2 ** 31 - 1)),
+    Param('warmup', True, 'run one dummy pair at startup (compilation, cuDNN autotune)'),
+    # --- inputs
+    Param('approximate_sync', False, 'approximate instead of exact stamp synchronisation'),
+    Param('sync_slop', 0.01, 'approximate sync: largest stamp difference in a set',
+          range=(0.0, 10.0), units='s'),
+    Param('sync_queue_size', 10, 'pending messages per input of the synchroniser',
+          range=(1, 1000)),
+    Param('input_transport', 'raw', 'raw: sensor_msgs/Image; compressed: '
+                                    '<topic>/compressed CompressedImage (jpeg/png)',
+          choices=('raw', 'compressed')),
+    Param('input_qos', 'sensor_data', 'QoS of the subscriptions', choices=QOS_CHOICES),
+    Param('input_qos_depth', 5, 'history depth of the subscriptions', range=(1, 1000)),
+    Param('output_qos', 'reliable', 'QoS of the publishers', choices=QOS_CHOICES),
+    Param('output_qos_depth', 1, 'history depth of the publishers', range=(1, 1000)),
+    # --- processing (runtime)
+    Param('certainty_threshold', 0.05, 'below it warp/covariance/disparity are NaN and '
+                                       'pixels are not sampled', runtime=True,
+          range=(0.0, 1.0)),
+    Param('num_samples', 2000, 'matches sampled for ~/matches and the pose', runtime=True,
+          range=(8, 100000)),
+    Param('ransac_threshold_px', 1.0, 'essential-matrix inlier threshold', runtime=True,
+          range=(0.01, 100.0), units='px'),
+    Param('rectified', True, 'inputs are rectified (use camera_info P); false: undistort '
+                             'with K, D and distortion_model', runtime=True),
+    Param('max_stamp_jump', 5.0, 'a larger stamp gap (or a jump back) resets the sequence',
+          runtime=True, range=(0.0, 1e6), units='s'),
+    Param('viz_rate', 2.0, 'largest rate of the *_viz topics; 0 = every processed pair',
+          runtime=True, range=(0.0, 1000.0), units='Hz'),
+    Param('viz_max_matches', 200, 'match lines drawn in ~/matches_viz', runtime=True,
+          range=(1, 100000)),
+) + tuple(Param(f'publish_{key}', True, f'publish ~/{key} (only computed while subscribed)',
+                runtime=True) for key in OUTPUTS)
+
+BY_NAME = {p.name: p for p in PARAMS}
+_DEVICE = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
+
+
+def descriptor(p: Param):
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+    text = p.description + (f' [{p.units}]' if p.units else '')
+    d = ParameterDescriptor(name=p.name, description=text, read_only=not p.runtime)
+    if p.choices:
+        d.additional_constraints = 'one of: ' + ', '.join(p.choices)
+    if p.range is not None:
+        lo, hi, *step = p.range
+        if isinstance(p.default, bool):
+            pass
+        elif isinstance(p.default, int):
+            d.integer_range = [IntegerRange(from_value=lo, to_value=hi,
+                                            step=step[0] if step else 1)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo),
+                                                         to_value=float(hi), step=0.0)]
+    return d
+
+
+def declare(node) -> dict:
+    """Declare every parameter on ``node`` and return ``{name: value}``."""
+    node.declare_parameters('', [(p.name, p.default, descriptor(p)) for p in PARAMS])
+    return {p.name: node.get_parameter(p.name).value for p in PARAMS}
+
+
+def check(name: str, value) -> Optional[str]:
+    """Why ``value`` is not acceptable for parameter ``name`` (None when it is)."""
+    p = BY_NAME.get(name)
+    if p is None:
+        return None  # use_sim_time and other built-ins
+    if p.choices and value not in p.choices:
+        return f'{name}={value!r}: must be one of {", ".join(p.choices)}'
+    if p.range is not None and not isinstance(value, bool) and \
+            not p.range[0] <= value <= p.range[1]:
+        return f'{name}={value!r}: out of range [{p.range[0]}, {p.range[1]}]'
+    if name == 'device' and not _DEVICE.match(value):
+        return f'device={value!r}: auto, cpu, cuda or cuda:N'
+    if name in ('H_hr', 'W_hr') and value > 0 and value % 16:
+        return f'{name}={value}: must be a multiple of 16 (or 0 = preset, -1 = off)'
+    return None
+
+
+def validate(params) -> 'SetParametersResult':
+    """On-set callback: reject the whole set with the first reason found."""
+    from rcl_interfaces.msg import SetParametersResult
+    for param in params:
+        reason = check(param.name, param.value)
+        if reason:
+            return SetParametersResult(successful=False, reason=reason)
+    return SetParametersResult(successful=True)
+
+
+def model_config(values: dict) -> RoMaV2Config:
+    """``RoMaV2Config`` from parameter values: the preset, then any explicit override."""
+    overrides = {}
+    for name in ('H_lr', 'W_lr'):
+        if values[name] > 0:
+            overrides[name] = values[name]
+    hr = (values['H_hr'], values['W_hr'])
+    if -1 in hr:
+        overrides.update(H_hr=None, W_hr=None)
+    else:
+        overrides.update({k: v for k, v in zip(('H_hr', 'W_hr'), hr) if v > 0})
+    if values['bidirectional'] != 'preset':
+        overrides['bidirectional'] = values['bidirectional'] == 'true'
+    return RoMaV2Config.from_setting(values['setting'], amp_dtype=values['amp_dtype'],
+                                     local_corr=values['local_corr'], **overrides)
+
+
+def pipeline_config(values: dict) -> PipelineConfig:
+    """``PipelineConfig`` from parameter values (same field names)."""
+    fields = PipelineConfig.__dataclass_fields__
+    return PipelineConfig(**{k: values[k] for k in fields if k in values},
+                          seed=values['random_seed'])
+
+
+def resolve_device(value: str) -> str:
+    import torch
+    if value == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return value
+
+
+def qos_profile(kind: str, depth: int):
+    """``sensor_data``: best effort, volatile (rclpy's SensorDataQoS) with ``depth``;
+    ``reliable``: reliable, volatile; ``system_default``: the RMW's defaults."""
+    from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                           qos_profile_system_default)
+    if kind == 'system_default':
+        return qos_profile_system_default
+    reliability = ReliabilityPolicy.RELIABLE if kind == 'reliable' else \
+        ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
+                      durability=DurabilityPolicy.VOLATILE)

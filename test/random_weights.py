@@ -1,0 +1,49 @@
+"""Seeded random state dicts for the full model, scaled so outputs are far from constant.
+
+The modules' default init makes RoMa v2 nearly constant (LayerScale 1e-5 turns every DINOv3
+block into an identity; the heads output overlap ~0.41 everywhere), which would let a broken
+port pass an equivalence test. Here every weight gets a fan-in scaled normal with a gain above
+1, biases and norms get visible offsets, LayerScale gammas are O(0.1), and BN running stats are
+non-trivial. Buffers whose values carry meaning (RoPE periods, the k-bias mask, the Fourier
+``omega``, ``temp``, ``scale``) are kept as constructed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+KEEP = ('periods', 'bias_mask', 'omega', 'temp', 'scale', 'num_batches_tracked')
+
+
+def spread_state_dict(reference: dict, seed: int = 0, gain: float = 1.5) -> dict:
+    """A new state dict with the keys, shapes and dtypes of ``reference``, randomised."""
+    g = torch.Generator().manual_seed(seed)
+
+    def normal(shape, std, mean=0.0):
+        return torch.randn(shape, generator=g) * std + mean
+
+    out = {}
+    for key, ref in reference.items():
+        leaf = key.rsplit('.', 1)[-1]
+        if leaf in KEEP or not ref.is_floating_point():
+            out[key] = ref.clone()
+            continue
+        shape = ref.shape
+        if leaf == 'gamma':
+            value = normal(shape, 0.05, 0.2)
+        elif leaf == 'running_var':
+            value = torch.rand(shape, generator=g) + 0.5
+        elif leaf == 'running_mean':
+            value = normal(shape, 0.1)
+        elif ref.ndim == 1 and ('norm' in key or key.split('.')[-2].isdigit() and 'layers' in key):
+            # LayerNorm / BatchNorm affine parameters.
+            value = normal(shape, 0.1, 1.0 if leaf == 'weight' else 0.0)
+        elif leaf == 'bias' or ref.ndim == 1:
+            value = normal(shape, 0.1)
+        else:
+            fan_in = math.prod(shape[1:]) if ref.ndim > 1 else shape[0]
+            value = normal(shape, gain / math.sqrt(fan_in))
+        # Values representable in the reference dtype, so fp32 and bf16 models hold the same.
+        out[key] = value.to(ref.dtype)
+    return out
