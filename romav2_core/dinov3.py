@@ -22,12 +22,10 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from romav2_core.normalization import imagenet_normalize
+from romav2_core.precision import autocast_region
 from romav2_core.rope import RopeEmbedding
-from romav2_core.vit import Block, autocast_region
-
-#: ImageNet normalisation applied to RGB images in [0, 1].
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from romav2_core.vit import Block
 
 #: The blocks RoMa v2 taps (0-based).
 DEFAULT_LAYERS = (11, 17)
@@ -107,7 +105,8 @@ class DINOv3ViTL16(nn.Module):
         return tuple(self._tapped_tokens(x, layers, stop_early=False))
 
     def _tapped_tokens(self, x: Tensor, layers: Sequence[int], stop_early: bool) -> list[Tensor]:
-        """Normalised images -> normed patch tokens ``[B x hw x 1024]`` of each block in ``layers``."""
+        """Normalised images -> patch tokens ``[B x hw x 1024]`` of each block in ``layers``,
+        through the final norm."""
         layers = [i if i >= 0 else self.depth + i for i in layers]
         if not layers or min(layers) < 0 or max(layers) >= self.depth:
             raise ValueError(f'layers={layers!r}: need block indices in [0, {self.depth})')
@@ -124,10 +123,3 @@ class DINOv3ViTL16(nn.Module):
                 taps[i] = x
         return [self.norm(taps[i])[:, self.n_prefix_tokens:] for i in layers]
 
-
-def imagenet_normalize(images: Tensor) -> Tensor:
-    """``(images - mean) / std`` per RGB channel; mean/std are fp32 (autocast leaves these
-    element-wise ops alone, so fp32 images stay fp32 even under the bf16 policy)."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device)
-    std = torch.tensor(IMAGENET_STD, device=images.device)
-    return (images - mean[None, :, None, None]) / std[None, :, None, None]

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from romav2_core.precision import autocast_region
+
 #: Channel width of the input tokens (the matcher's feature dim).
 TOKEN_DIM = 1024
 #: Channels of the pyramid levels after projection and resize.
@@ -148,16 +150,28 @@ class DPTHead(nn.Module):
         t0, t1 = feats
         B, h, w, _ = t0.shape
         device_type = t0.device.type
-        with torch.autocast(device_type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            # LayerNorm over the channel dim of BHWC, then a BCHW view: the same values and
-            # strides (channels-last) as the official reshape/permute, so convs run alike.
-            normed = [self.norm(t).permute(0, 3, 1, 2) for t in (t0, t1)]
+        with autocast_region(device_type, amp_dtype):
+            normed = [self._normalize(t) for t in (t0, t1)]
             pyramid = [resize(project(normed[level // 2]))
                        for level, (project, resize)
                        in enumerate(zip(self.projects, self.resize_layers))]
             out = _resize(self.scratch(pyramid), (OUTPUT_PER_TOKEN * h, OUTPUT_PER_TOKEN * w))
         # The official leaves its bf16 region here and finishes in fp32; disabling autocast
         # keeps that true even if a caller wraps the head in its own autocast region.
-        with torch.autocast(device_type, enabled=False):
+        with autocast_region(device_type, None):
             out = self.scratch.output_conv2(out.float())
         return out.permute(0, 2, 3, 1)
+
+    def _normalize(self, t: Tensor) -> Tensor:
+        """LayerNorm of ``[B x h x w x C]`` tokens -> a channels-last ``[B x C x h x w]`` view.
+
+        Normalises the flattened ``[B x hw x C]`` tokens and views the result as BCHW through
+        ``[B x C x hw]``, which gives exactly the official tensor: the same values and the same
+        strides, degenerate ones included. That matters for bit-exactness: at B=1 the official's
+        batch stride is C (the view of a size-1 dim), not hwC as a plain ``permute`` of the BHWC
+        LayerNorm output would give, and CPU torch picks a different 1x1-conv kernel for the two
+        layouts (one-rounding-step bf16 differences from ``projects`` on). The LayerNorm output is
+        contiguous whatever the input's strides, so only B, h and w decide the layout.
+        """
+        B, h, w, C = t.shape
+        return self.norm(t.reshape(B, h * w, C)).transpose(1, 2).unflatten(2, (h, w))

@@ -25,8 +25,9 @@ from torch import Tensor, nn
 
 from romav2_core.dpt import DPTHead
 from romav2_core.geometry import normalized_grid
+from romav2_core.precision import autocast_region
 from romav2_core.rope import RopeEmbedding
-from romav2_core.vit import Block, autocast_region
+from romav2_core.vit import Block
 
 
 class MultiViewTransformer(nn.Module):
@@ -89,7 +90,8 @@ class CoarseMatcher(nn.Module):
 
         Args:
             feats_A, feats_B: ``[f11, f17]`` per image, each ``[B x h x w x 1024]`` (bf16 or
-                fp32; the official bf16 policy passes bf16 on CPU). Not modified.
+                fp32; the official bf16 policy passes bf16 on CPU). Not modified. A stage run
+                without amp upcasts bf16 taps to fp32 (exact; the official never mixes these).
             bidirectional: also predict B -> A (reuses the mv-ViT output).
             amp_dtype: autocast dtype of the mv-ViT (official: bf16); None = fp32.
             head_amp_dtype: autocast dtype of the DPT head (official: bf16); None = fp32.
@@ -109,6 +111,8 @@ class CoarseMatcher(nn.Module):
             raise ValueError(f'both images need the same token grid: {tuple(f_A.shape)} vs '
                              f'{tuple(f_B.shape)}')
         B, h, w, _ = f_A.shape
+        if amp_dtype is None:  # fp32 mv-ViT: upcast bf16 taps (exact) for its fp32 weights
+            f_A, f_B = f_A.float(), f_B.float()
         with autocast_region(f_A.device.type, amp_dtype):
             mv = self.mv_vit(torch.stack((f_A, f_B), dim=1),
                              rope_dtype=torch.bfloat16 if rope_bf16 else torch.float32)
@@ -159,5 +163,7 @@ class CoarseMatcher(nn.Module):
         """DPT head on ``[f11, f17 + mv + match_emb]`` (a new list; the caller's is untouched)
         -> ``(warp [B x 4h x 4w x 2], overlap logit [B x 4h x 4w x 1])``."""
         head_in = list(feats[:-1]) + [feats[-1] + mv + match_emb]
+        if amp_dtype is None:  # fp32 head: upcast bf16 taps (exact) for its fp32 weights
+            head_in = [f.float() for f in head_in]
         out = self.head(head_in, amp_dtype=amp_dtype)
         return out[..., :2], out[..., 2:]

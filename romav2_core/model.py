@@ -307,12 +307,13 @@ def _precision_fields(cfg: RoMaV2Config) -> dict:
 
 
 def _config(setting: str, dtype: Optional[torch.dtype], overrides: dict) -> RoMaV2Config:
-    cfg = RoMaV2Config.from_setting(setting, **overrides)
-    if dtype is None:
-        return cfg
+    """The preset, then the ``dtype`` policy, then explicit field overrides (which win)."""
+    cfg = RoMaV2Config.from_setting(setting)
     if dtype == torch.float32:
-        return cfg.all_fp32()
-    names = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}
-    if dtype not in names:
-        raise ValueError(f'dtype must be None, float32, bfloat16 or float16, got {dtype}')
-    return dataclasses.replace(cfg, amp_dtype=names[dtype])
+        cfg = cfg.all_fp32()
+    elif dtype is not None:
+        names = {torch.bfloat16: 'bf16', torch.float16: 'fp16'}
+        if dtype not in names:
+            raise ValueError(f'dtype must be None, float32, bfloat16 or float16, got {dtype}')
+        cfg = cfg.replace(amp_dtype=names[dtype])
+    return cfg.replace(**overrides)

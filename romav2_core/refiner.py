@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from romav2_core.geometry import normalized_grid
 from romav2_core.local_correlation import local_correlation
+from romav2_core.precision import autocast_region
 
 #: Image size that ``scale_factor`` is relative to (official ``anchor_width/height``).
 ANCHOR_SIZE = 512
@@ -76,12 +77,6 @@ def _bhwc_resize(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Bilinear resize of ``[B x H x W x C]`` to ``size`` (align_corners=False, no antialias)."""
     return F.interpolate(x.permute(0, 3, 1, 2), size=size, mode='bilinear',
                          align_corners=False).permute(0, 2, 3, 1)
-
-
-def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    """Autocast to ``amp_dtype``, or explicitly off (also inside a caller's autocast) if None."""
-    return torch.autocast(device_type=device.type, dtype=amp_dtype or torch.bfloat16,
-                          enabled=amp_dtype is not None)
 
 
 class RefinerBlock(nn.Module):
@@ -149,7 +144,7 @@ class ConvRefiner(nn.Module):
             raise ValueError(f'f_B {tuple(f_B.shape)} and prev_warp {tuple(prev_warp.shape)} '
                              f'must match f_A {tuple(f_A.shape)} in B, H, W')
         # fp32 outside the conv blocks even if the caller runs under autocast.
-        with _autocast(f_A.device, None):
+        with autocast_region(f_A.device.type, None):
             return self._refine(f_A, f_B, prev_warp.detach(), prev_confidence, scale_factor,
                                 amp_dtype, local_corr_impl)
 
@@ -172,7 +167,7 @@ class ConvRefiner(nn.Module):
             parts.append(local_correlation(f_A, f_B, prev_warp, self.spec.corr_radius,
                                            impl=local_corr_impl))
         z = torch.cat(parts, dim=1)
-        with _autocast(device, amp_dtype):
+        with autocast_region(device.type, amp_dtype):
             z = self.hidden_blocks(self.block1(z))
         z = z.float()
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-#: ImageNet normalisation of RGB in [0, 1] (torchvision's constants).
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from romav2_core.normalization import imagenet_mean_std, imagenet_normalize
+from romav2_core.precision import autocast_region
 
 #: Conv widths per stage; a 2x2 max-pool separates consecutive stages.
 _STAGES = ((64, 64), (128, 128), (256, 256, 256, 256))
@@ -47,11 +46,11 @@ class VGG19BNFeatures(nn.Module):
                            nn.ReLU(inplace=True)]
                 in_ch = ch
         self.layers = nn.ModuleList(layers)
+        # ImageNet statistics as buffers (they follow .to(device), no per-call upload).
         # Constants, not weights: non-persistent, so the state_dict stays the checkpoint's.
-        self.register_buffer('mean', torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
-                             persistent=False)
-        self.register_buffer('std', torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
-                             persistent=False)
+        mean, std = imagenet_mean_std()
+        self.register_buffer('mean', mean, persistent=False)
+        self.register_buffer('std', std, persistent=False)
 
     def forward(self, images: Tensor, amp_dtype: torch.dtype | None = None) -> dict[int, Tensor]:
         """Fine features at strides 1, 2 and 4.
@@ -71,10 +70,10 @@ class VGG19BNFeatures(nn.Module):
             consumers cast with ``.float()`` as the official refiners do.
         """
         # Normalisation stays in fp32, outside autocast, as in the official.
-        x = (images - self.mean) / self.std
+        x = imagenet_normalize(images, self.mean, self.std)
         feats = {}
         stride = 1
-        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast_region(images.device.type, amp_dtype):
             for layer in self.layers:
                 if isinstance(layer, nn.MaxPool2d):
                     feats[stride] = x.permute(0, 2, 3, 1)

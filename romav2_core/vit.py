@@ -15,15 +15,6 @@ from torch import Tensor, nn
 from romav2_core.rope import apply_rope
 
 
-def autocast_region(device_type: str, dtype: Optional[torch.dtype]):
-    """``torch.autocast`` to ``dtype``, or an autocast-*disabled* region when ``dtype`` is None.
-
-    Mirrors the reference's ``torch.autocast(..., enabled=enable_amp)``: a disabled region also
-    switches off any autocast the caller may have opened, so "no amp" really means full precision.
-    """
-    return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
-
-
 class MaskedBiasLinear(nn.Linear):
     """``nn.Linear`` whose bias is multiplied by a persistent ``bias_mask`` buffer.
 

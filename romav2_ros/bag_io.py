@@ -112,8 +112,15 @@ def stamp_ns(stamp) -> int:
 @contextmanager
 def open_reader(path: str | Path) -> Iterator[Reader]:
     """A rosbags Reader whose opening failures are :class:`BagError`; closed on exit."""
-    reader = Reader(path)
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f'bag {path} does not exist')
+    if path.is_file():
+        raise BagError(f'{path} is a file: give the rosbag2 folder (with metadata.yaml)')
+    if not (path / 'metadata.yaml').is_file():
+        raise BagError(f'{path} is not a rosbag2 folder: it has no metadata.yaml')
     try:
+        reader = Reader(path)
         reader.open()
     except Exception as exc:  # noqa: BLE001 - rosbags, apsw, yaml and OS errors alike
         raise BagError(f'cannot open bag {path}: {one_line(exc)}') from exc

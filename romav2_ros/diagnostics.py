@@ -67,8 +67,10 @@ class Diagnostics:
         if not self._device.startswith('cuda'):
             return {}
         import torch
-        return {'gpu_memory_allocated_MiB': f'{torch.cuda.memory_allocated(self._device) / 2**20:.0f}',
-                'gpu_memory_reserved_MiB': f'{torch.cuda.memory_reserved(self._device) / 2**20:.0f}'}
+        allocated = torch.cuda.memory_allocated(self._device) / 2 ** 20
+        reserved = torch.cuda.memory_reserved(self._device) / 2 ** 20
+        return {'gpu_memory_allocated_MiB': f'{allocated:.0f}',
+                'gpu_memory_reserved_MiB': f'{reserved:.0f}'}
 
     def statuses(self):
         """The two DiagnosticStatus of this moment (and start a new rate period)."""

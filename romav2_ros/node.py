@@ -244,8 +244,8 @@ def _warm_up(matcher, device: str) -> None:
 def _explain(exc: BaseException, values: dict) -> str:
     """A startup failure as a message that says what to do."""
     text = f'{type(exc).__name__}: {exc}'
-    if isinstance(exc, (FileNotFoundError, RuntimeError, OSError)) and \
-            values['model_source'] == 'pretrained':
+    if isinstance(exc, FileNotFoundError) or (isinstance(exc, (RuntimeError, OSError))
+                                              and values['model_source'] == 'pretrained'):
         return (f'cannot load the RoMa v2 weights ({text}). Give a local checkpoint with '
                 f'weights:=/path/to/romav2.pt, or run once with network access to fill the '
                 f'download cache, or use model_source:=random for a demo without weights.')

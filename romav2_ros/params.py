@@ -134,7 +134,7 @@ def check(name: str, value) -> Optional[str]:
     return None
 
 
-def validate(params) -> 'SetParametersResult':
+def validate(params):
     """On-set callback: reject the whole set with the first reason found."""
     from rcl_interfaces.msg import SetParametersResult
     for param in params:

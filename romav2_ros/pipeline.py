@@ -241,7 +241,6 @@ class MatchingPipeline:
             return self.matcher.encode(x)
 
     def _run(self, a: _Frame, b: _Frame, wanted: set, res: PipelineResult) -> None:
-        cfg = self.config
         t0 = time.perf_counter()
         with torch.inference_mode():
             if a.feats is None:

@@ -89,6 +89,16 @@ class Player:
             from rosgraph_msgs.msg import Clock
             self.clock_pub.publish(Clock(clock=_stamp(bag_ns)))
 
+    def flush(self, timeout_s: float = 2.0) -> None:
+        """Wait (bounded) until reliable subscribers have acknowledged everything: exiting
+        right after the last publish would otherwise lose the tail of the bag."""
+        from rclpy.duration import Duration
+        deadline = time.monotonic() + timeout_s
+        for publisher in [*self.publishers.values(), self.clock_pub]:
+            if publisher is not None:
+                remaining = max(deadline - time.monotonic(), 0.0)
+                publisher.wait_for_all_acked(Duration(nanoseconds=int(remaining * 1e9)))
+
     def play_once(self, reader, connections, rate: float) -> None:
         """One pass over the bag: sleep until each message's time, ticking /clock meanwhile."""
         wall0, bag0 = time.monotonic(), None
@@ -141,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 player.play_once(reader, connections, args.rate)
                 if not args.loop:
                     break
+            player.flush()
         status = 0
     except bag_io.BagError as exc:
         print(f'romav2-play: error: {exc}', file=sys.stderr)

@@ -1,10 +1,13 @@
 """``romav2-replay``: run the node's processing over a recorded bag, offline, into a new bag.
 
 Messages are read in log-time order, synchronised by the same synchronisers the node uses
-(``sync.py``), and given to the same :class:`~romav2_ros.pipeline.MatchingPipeline`; only the
-source (a bag instead of subscriptions) and the sink (a bag instead of publishers) differ.
-Outputs are written under the topics the node would publish (``/romav2_node/warp``, ...),
-with the log time of the input message that completed the set.
+(``sync.py``), and given to the same :class:`~romav2_ros.pipeline.MatchingPipeline`, built
+from the node's own parameters (``params.py``: same names, defaults and checks, set with
+``-p name:=value``); only the source (a bag instead of subscriptions) and the sink (a bag
+instead of publishers) differ. Unlike the live node nothing is dropped for lack of time, and
+every requested output is written for every pair (``viz_rate`` does not apply). Outputs go to
+the topics the node would publish (``/romav2_node/warp``, ...), at the log time of the input
+message that completed the set.
 
 Exit status: 0 done, 1 unreadable input bag or other error (one line on stderr), 2 bad
 arguments, 130 interrupted (the output bag is still closed and readable).
@@ -18,46 +21,66 @@ import signal
 import sys
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from romav2_ros import bag_io
 
-IMAGE_TYPES = ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage')
+#: Image type of each ``input_transport`` (node parameter).
+IMAGE_TYPES = {'raw': 'sensor_msgs/msg/Image', 'compressed': 'sensor_msgs/msg/CompressedImage'}
 INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 #: Input roles in the order the pipeline takes them.
 ROLES = {'stereo': ('left_image', 'left_info', 'right_image', 'right_info'),
          'sequential': ('image', 'info')}
-#: PipelineConfig fields that are not command-line options (set from other arguments).
-NOT_OPTIONS = ('mode',)
-
-
 class ReplayError(RuntimeError):
     """A problem with the inputs or arguments, reported as one line (no traceback)."""
 
 
 # --- command line --------------------------------------------------------------------------
 
-def _pipeline_options(parser: argparse.ArgumentParser) -> None:
-    """One option per PipelineConfig field, so the replay always offers the node's settings."""
-    from romav2_ros.pipeline import PipelineConfig
-    group = parser.add_argument_group('processing (the node parameters of the same names)')
-    for f in dataclasses.fields(PipelineConfig):
-        if f.name in NOT_OPTIONS:
-            continue
-        flag = '--' + f.name.replace('_', '-')
-        if isinstance(f.default, bool):
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            group.add_argument(flag, type=type(f.default), default=f.default,
-                               help=f'default {f.default}')
+def _parse_value(name: str, text: str):
+    """A ``-p`` value as the type of the parameter's default."""
+    from romav2_ros import params
+    default = params.BY_NAME[name].default
+    if isinstance(default, bool):
+        if text.lower() not in ('true', 'false'):
+            raise ValueError(f'{name}: true or false, not {text!r}')
+        return text.lower() == 'true'
+    return type(default)(text)
+
+
+def node_parameters(args) -> dict:
+    """The node's parameter values: defaults, then ``-p`` overrides, then the shortcut flags."""
+    from romav2_ros import params
+    values = {p.name: p.default for p in params.PARAMS}
+    for item in args.param:
+        name, sep, text = item.partition(':=')
+        if not sep or name not in params.BY_NAME:
+            raise ValueError(f'-p {item!r}: expected NAME:=VALUE with a node parameter name '
+                             f'(docs/node.md)')
+        values[name] = _parse_value(name, text)
+    shortcuts = {'mode': args.mode, 'setting': args.setting, 'weights': args.weights,
+                 'device': args.device}
+    values.update({k: v for k, v in shortcuts.items() if v is not None})
+    if args.random_weights is not None:
+        values.update(model_source='random', random_seed=args.random_weights)
+    for name, value in values.items():
+        reason = params.check(name, value)
+        if reason:
+            raise ValueError(reason)
+    return values
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from romav2_ros.pipeline import OUTPUTS
-    parser = argparse.ArgumentParser(prog='romav2-replay', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        prog='romav2-replay', description=__doc__.split('\n')[0],
+        epilog='Any node parameter can be set with -p NAME:=VALUE (docs/node.md), e.g. '
+               '-p certainty_threshold:=0.2 -p approximate_sync:=true.')
     parser.add_argument('in_bag', type=Path, help='input rosbag2 folder (mcap or sqlite3)')
     parser.add_argument('out_bag', type=Path, help='output rosbag2 folder (must not exist)')
-    parser.add_argument('--mode', choices=tuple(ROLES), default='stereo')
+    parser.add_argument('--mode', choices=tuple(ROLES), help='node parameter mode')
     parser.add_argument('--topics', nargs='+', metavar='TOPIC',
                         help='stereo: LEFT_IMAGE LEFT_INFO RIGHT_IMAGE RIGHT_INFO; sequential: '
                              'IMAGE INFO (default: found by name, <image topic>/../camera_info)')
@@ -70,23 +93,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='copy the input topics into the output bag too')
     parser.add_argument('--storage', choices=tuple(bag_io.STORAGE_PLUGINS), default='mcap')
     parser.add_argument('--limit', type=int, metavar='N', help='stop after N processed pairs')
-    sync = parser.add_argument_group('synchronisation (as the node)')
-    sync.add_argument('--sync', choices=('exact', 'approximate'), default='approximate')
-    sync.add_argument('--slop', type=float, default=0.01,
-                      help='approximate sync: max stamp difference, s (default 0.01)')
-    sync.add_argument('--queue-size', type=int, default=10)
-    model = parser.add_argument_group('model')
-    model.add_argument('--setting', default='turbo',
-                       help='RoMa v2 setting: turbo, fast, base, precise, mega1500')
-    model.add_argument('--weights', help='RoMa v2 checkpoint (default: the download cache)')
+    model = parser.add_argument_group('model (shortcuts for node parameters)')
+    model.add_argument('--setting', help='setting: turbo, fast, base, precise (node default), '
+                                         'mega1500')
+    model.add_argument('--weights', metavar='PATH',
+                       help='weights: RoMa v2 checkpoint (default: the download cache)')
     model.add_argument('--random-weights', type=int, metavar='SEED',
-                       help='seeded random weights instead of a checkpoint (plumbing, timing)')
-    model.add_argument('--model-source',
-                       help='a registered matcher name or package.module:factory (as the '
-                            'node parameter model_source); overrides the two above')
-    model.add_argument('--device', help='torch device (default cuda if available, else cpu)')
-    _pipeline_options(parser)
+                       help='model_source:=random random_seed:=SEED (plumbing, timing)')
+    model.add_argument('--device', help='device: auto (default), cpu, cuda, cuda:N')
+    parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
+                        help='set a node parameter (repeatable)')
     args = parser.parse_args(argv)
+    try:
+        args.values = node_parameters(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.mode = args.values['mode']
     args.outputs = [o for o in (s.strip() for s in args.outputs.split(',')) if o]
     unknown = sorted(set(args.outputs) - set(OUTPUTS))
     if unknown:
@@ -100,20 +122,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # --- inputs --------------------------------------------------------------------------------
 
-def _info_topic(image_topic: str, msgtype: str) -> str:
+def _info_topic(image_topic: str) -> str:
     """``/cam/left/image_rect[/compressed]`` -> ``/cam/left/camera_info`` (ROS naming rule)."""
     base = image_topic.rstrip('/')
-    if msgtype.endswith('CompressedImage') and base.endswith('/compressed'):
-        base = base[:-len('/compressed')]
+    base = base[:-len('/compressed')] if base.endswith('/compressed') else base
     return base.rsplit('/', 1)[0] + '/camera_info'
 
 
-def select_topics(connections, mode: str, topics: list[str] | None) -> dict[str, str]:
-    """Role -> topic: the given ``topics``, or image topics with a camera_info sibling."""
+def select_topics(connections, mode: str, topics: list[str] | None,
+                  transport: str = 'raw') -> dict[str, str]:
+    """Role -> topic: the given ``topics``, or the image topics of type ``transport`` that
+    have a camera_info beside them."""
     types = {c.topic: c.msgtype for c in connections}
+    image_type = IMAGE_TYPES[transport]
     if topics is None:
-        cameras = {t: _info_topic(t, m) for t, m in types.items()
-                   if m in IMAGE_TYPES and types.get(_info_topic(t, m)) == INFO_TYPE}
+        cameras = {t: _info_topic(t) for t, m in types.items()
+                   if m == image_type and types.get(_info_topic(t)) == INFO_TYPE}
+        if not cameras:
+            other = [t for t, m in types.items() if m in IMAGE_TYPES.values()]
+            raise ReplayError(f'no {image_type} topic with a camera_info beside it (input_'
+                              f'transport {transport}); image topics in the bag: {other}; '
+                              f'see -p input_transport:=raw|compressed and --topics')
         if mode == 'sequential':
             if len(cameras) != 1:
                 raise ReplayError(f'found {len(cameras)} image topics with a camera_info '
@@ -132,10 +161,10 @@ def select_topics(connections, mode: str, topics: list[str] | None) -> dict[str,
             topics = [left, cameras[left], right, cameras[right]]
     roles = dict(zip(ROLES[mode], topics))
     for role, topic in roles.items():
-        want = (INFO_TYPE,) if role.endswith('info') else IMAGE_TYPES
-        if types.get(topic) not in want:
+        want = INFO_TYPE if role.endswith('info') else image_type
+        if types.get(topic) != want:
             raise ReplayError(f'{role} topic {topic}: ' + (
-                f'type {types[topic]}, expected {" or ".join(want)}' if topic in types
+                f'type {types[topic]}, expected {want}' if topic in types
                 else f'not in the bag (topics: {sorted(types)})'))
     return roles
 
@@ -157,14 +186,15 @@ class _BagSource:
 class Pairer:
     """The node's synchroniser over bag messages: ``feed(role, msg)`` -> completed sets."""
 
-    def __init__(self, roles: tuple[str, ...], kind: str, queue_size: int, slop: float):
+    def __init__(self, roles: tuple[str, ...], approximate: bool, queue_size: int,
+                 slop: float):
         from romav2_ros import sync
         self.sources = {role: _BagSource() for role in roles}
         sources = list(self.sources.values())
-        if kind == 'exact':
-            synchroniser = sync.ExactTimeSynchronizer(sources, queue_size)
-        else:
+        if approximate:
             synchroniser = sync.ApproximateTimeSynchronizer(sources, queue_size, slop)
+        else:
+            synchroniser = sync.ExactTimeSynchronizer(sources, queue_size)
         self._ready: list[tuple] = []
         synchroniser.registerCallback(lambda *msgs: self._ready.append(msgs))
 
@@ -242,30 +272,39 @@ class Summary:
 
 # --- the replay ----------------------------------------------------------------------------
 
-def build_matcher(args):
-    """The matcher the node would build from the same model options (``matchers.create``)."""
-    import torch
-    from romav2_core.config import RoMaV2Config
-    from romav2_ros import matchers
-    if args.model_source:
-        source = args.model_source
-    else:
-        source = 'random' if args.random_weights is not None else 'pretrained'
-    device = args.device or ('cuda' if torch.cuda.is_available() else 'cpu')
+def build_matcher(values: dict):
+    """The matcher the node builds from the same parameter values (``matchers.create``)."""
+    from romav2_ros import matchers, params
     try:
-        config = RoMaV2Config.from_setting(args.setting)
-        return matchers.create(source, config, device, weights=args.weights or '',
-                               seed=args.random_weights or 0)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
-        raise ReplayError(f'cannot build the matcher ({source}): {bag_io.one_line(exc)}') \
-            from exc
+        return matchers.create(values['model_source'], params.model_config(values),
+                               params.resolve_device(values['device']), values['weights'],
+                               values['random_seed'])
+    except (ValueError, ImportError, OSError, RuntimeError) as exc:
+        raise ReplayError(f'cannot build the matcher ({values["model_source"]}): '
+                          f'{bag_io.one_line(exc)}') from exc
 
 
-def _pipeline_config(args):
-    from romav2_ros.pipeline import PipelineConfig
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(PipelineConfig)
-              if f.name not in NOT_OPTIONS}
-    return PipelineConfig(mode=args.mode, **values)
+@contextmanager
+def stop_requests() -> Iterator[dict]:
+    """SIGINT/SIGTERM set ``['stop']``, which the loop checks between messages.
+
+    A KeyboardInterrupt raised asynchronously can land inside C code (rclpy's deserialiser,
+    torch) and come out as a different error; a flag stops cleanly after the current frame.
+    A second signal interrupts at once.
+    """
+    state = {'stop': False}
+
+    def request(signum, frame):
+        if state['stop']:
+            raise KeyboardInterrupt
+        state['stop'] = True
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield state
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class _Run:
@@ -273,7 +312,7 @@ class _Run:
 
     def __init__(self, args, pipeline, writer: bag_io.BagWriter, progress: Progress):
         self.args, self.pipeline, self.writer, self.progress = args, pipeline, writer, progress
-        self.wanted = set(args.outputs)
+        self.wanted = {k for k in args.outputs if args.values[f'publish_{k}']}
         self.summary = Summary()
 
     def handle(self, msgs: tuple, log_ns: int) -> None:
@@ -307,13 +346,15 @@ def replay(args, matcher=None) -> int:
 
     ``matcher`` replaces the one the model options describe (in-process callers, tests).
     """
+    from romav2_ros import params
     from romav2_ros.pipeline import MatchingPipeline
     if args.out_bag.exists():
         raise ReplayError(f'output bag {args.out_bag} exists already; remove it or choose '
                           f'another name')
     started = time.monotonic()
     with bag_io.open_reader(args.in_bag) as reader:
-        roles = select_topics(reader.connections, args.mode, args.topics)
+        roles = select_topics(reader.connections, args.mode, args.topics,
+                              args.values['input_transport'])
         role_of = {topic: role for role, topic in roles.items()}
         connections = [c for c in reader.connections if c.topic in role_of]
         store = bag_io.typestore()
@@ -324,13 +365,19 @@ def replay(args, matcher=None) -> int:
         total = min(per_role.values())
         if args.limit is not None:
             total = min(total, args.limit + (args.mode == 'sequential'))
-        pipeline = MatchingPipeline(matcher or build_matcher(args), _pipeline_config(args))
-        pairer = Pairer(ROLES[args.mode], args.sync, args.queue_size, args.slop)
+        values = args.values
+        pipeline = MatchingPipeline(matcher or build_matcher(values),
+                                    params.pipeline_config(values))
+        pairer = Pairer(ROLES[args.mode], values['approximate_sync'],
+                        values['sync_queue_size'], values['sync_slop'])
         status, error = 'done', None
-        with bag_io.BagWriter(args.out_bag, args.storage, store) as writer:
+        with bag_io.BagWriter(args.out_bag, args.storage, store) as writer, \
+                stop_requests() as stop:
             run = _Run(args, pipeline, writer, Progress(total))
             try:
                 for conn, log_ns, raw in bag_io.read_messages(reader, connections):
+                    if stop['stop']:
+                        raise KeyboardInterrupt
                     if args.include_inputs:
                         writer.write_raw(conn.topic, conn.msgtype, log_ns, raw, source=conn)
                     role = role_of[conn.topic]

@@ -14,6 +14,10 @@ import math
 import torch
 
 KEEP = ('periods', 'bias_mask', 'omega', 'temp', 'scale', 'num_batches_tracked')
+#: Output layers scaled down so that warps stay mostly inside the image (normalised |x| ~ 1)
+#: and overlap logits stay O(1): saturated outputs would hide errors downstream.
+OUTPUT_GAIN = {'matcher.head.scratch.output_conv2.2.': 0.01, 'warp_head.': 0.002,
+               'confidence_head.': 0.02}
 
 
 def spread_state_dict(reference: dict, seed: int = 0, gain: float = 1.5) -> dict:
@@ -43,7 +47,13 @@ def spread_state_dict(reference: dict, seed: int = 0, gain: float = 1.5) -> dict
             value = normal(shape, 0.1)
         else:
             fan_in = math.prod(shape[1:]) if ref.ndim > 1 else shape[0]
-            value = normal(shape, gain / math.sqrt(fan_in))
+            # The refiners stack 18 convs without normalised residuals: a gain above 1 would
+            # grow activations ~1.5^18 and make any rounding difference chaotic.
+            value = normal(shape, (1.0 if key.startswith('refiners.') else gain) /
+                           math.sqrt(fan_in))
+        for prefix, factor in OUTPUT_GAIN.items():
+            if prefix in key:
+                value = value * factor
         # Values representable in the reference dtype, so fp32 and bf16 models hold the same.
         out[key] = value.to(ref.dtype)
     return out

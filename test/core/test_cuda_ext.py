@@ -277,6 +277,21 @@ def test_loader_without_cuda(fresh_loader, caplog, tmp_path, monkeypatch):
         fresh_loader.local_correlation(f_A, f_A, torch.zeros(1, 3, 3, 2), 1)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='fakes CUDA on a CPU-only machine')
+def test_loader_reports_failed_paths(fresh_loader, monkeypatch, tmp_path):
+    """With CUDA faked on, a broken prebuilt library and a failing JIT build both show up in
+    load_error(), and nothing raises before local_correlation() is called."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setenv('ROMAV2_CUDA_EXT_LIB', str(tmp_path / 'missing.so'))
+    monkeypatch.setenv('ROMAV2_CUDA_EXT_DIR', str(tmp_path / 'cache'))
+    monkeypatch.delenv('ROMAV2_CUDA_EXT_DISABLE', raising=False)
+    assert fresh_loader.is_available() is False
+    err = fresh_loader.load_error()
+    assert 'prebuilt' in err and 'missing.so' in err and 'JIT build failed' in err, err
+    with pytest.raises(RuntimeError, match='JIT build failed'):
+        fresh_loader.local_correlation(None, None, None, 1)
+
+
 def test_loader_disabled_by_env(fresh_loader, monkeypatch):
     monkeypatch.setenv('ROMAV2_CUDA_EXT_DISABLE', '1')
     assert fresh_loader.is_available() is False

@@ -1,33 +1,17 @@
 """DPTHead: checkpoint key layout, and agreement with the official romav2 2.0.1 head."""
 import contextlib
 import math
-from pathlib import Path
 from unittest import mock
 
 import pytest
 import torch
 from torch import nn
 
+from checkpoint_keys import checkpoint_entries, state_dict_from_rows
 from official_oracle import import_official
 from romav2_core.dpt import DPTHead
 
 PREFIX = 'matcher.head.'
-_KEY_TABLES = (Path(__file__).resolve().parents[2] / 'docs' / 'romav2-state-dict-keys.tsv',
-               Path('/work/shared/docs/romav2-state-dict-keys.tsv'))
-
-
-def checkpoint_tensors(prefix: str) -> dict[str, torch.Tensor]:
-    """Zero tensors with the checkpoint's names (prefix stripped), shapes and dtypes."""
-    table = next((p for p in _KEY_TABLES if p.exists()), None)
-    if table is None:
-        pytest.skip('romav2-state-dict-keys.tsv not found')
-    tensors = {}
-    for line in table.read_text().splitlines():
-        if line.startswith(prefix):
-            key, shape, dtype = line.split('\t')
-            dims = tuple(int(d) for d in shape.strip('()').split(',') if d.strip())
-            tensors[key[len(prefix):]] = torch.zeros(dims, dtype=getattr(torch, dtype))
-    return tensors
 
 
 def official_head() -> nn.Module:
@@ -86,11 +70,10 @@ def tokens():
 
 def test_state_dict_matches_checkpoint_keys():
     ours = DPTHead()
-    expected = checkpoint_tensors(PREFIX)
+    expected = checkpoint_entries(PREFIX)
     assert expected, 'no matcher.head.* rows in the key table'
-    assert {k: (tuple(v.shape), v.dtype) for k, v in ours.state_dict().items()} == \
-        {k: (tuple(v.shape), v.dtype) for k, v in expected.items()}
-    ours.load_state_dict(expected, strict=True)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in ours.state_dict().items()} == expected
+    ours.load_state_dict(state_dict_from_rows(PREFIX), strict=True)
 
 
 def test_state_dict_names_match_official(heads):
@@ -122,4 +105,24 @@ def test_bf16_policy_matches_official(heads, tokens, ours_fp32):
     assert got.dtype == torch.float32
     # bf16 really was used (otherwise this test would just repeat the fp32 one).
     assert (got - ours_fp32).abs().max() > 1e-3
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('hw', [(4, 6), (1, 3)], ids=['4x6', '1x3'])
+def test_bf16_policy_matches_official_batch_one(heads, hw):
+    """B=1, where a size-1 batch dim lets the BCHW view of the normalised tokens take
+    different strides: ours must hand the projections the official layout, or a different
+    1x1-conv kernel runs and bf16 rounding differs. Inputs are strided slices of a token
+    sequence with prefix tokens, as DINOv3 taps arrive in the pipeline."""
+    ours, official = heads
+    h, w = hw
+    gen = torch.Generator().manual_seed(2)
+    seqs = [torch.randn(1, 5 + h * w, 1024, generator=gen) for _ in range(2)]
+    tokens = [s[:, 5:].reshape(1, h, w, 1024) for s in seqs]
+    with torch.no_grad():
+        got = ours(tokens, amp_dtype=torch.bfloat16)
+        ref = official(list(tokens))
+        fp32 = ours(tokens, amp_dtype=None)
+    assert got.shape == (1, 4 * h, 4 * w, 3)
+    assert (got - fp32).abs().max() > 1e-3  # bf16 really was used
     torch.testing.assert_close(got, ref, rtol=0, atol=0)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from pathlib import Path
 from unittest import mock
 
 import pytest
@@ -20,26 +19,10 @@ import torch
 
 from romav2_core.matcher import CoarseMatcher
 from romav2_core.rope import RopeEmbedding
+from checkpoint_keys import checkpoint_entries, state_dict_from_rows
 from official_oracle import import_official
 
-KEYS_TSV = Path('/work/shared/docs/romav2-state-dict-keys.tsv')
-if not KEYS_TSV.exists():  # the checkout's copy, when the shared folder is not mounted
-    KEYS_TSV = Path(__file__).resolve().parents[2] / 'docs' / KEYS_TSV.name
-
 B, H, W, DIM = 1, 4, 6, 1024
-
-
-def checkpoint_entries(prefix: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-    """``{key without prefix: (shape, dtype)}`` for the checkpoint keys under ``prefix``."""
-    entries = {}
-    for line in KEYS_TSV.read_text().splitlines():
-        if line.startswith('#') or not line.strip():
-            continue
-        key, shape, dtype = line.split('\t')
-        if key.startswith(prefix):
-            dims = tuple(int(d) for d in shape.strip('()').split(',') if d.strip())
-            entries[key[len(prefix):]] = (dims, getattr(torch, dtype))
-    return entries
 
 
 @pytest.fixture(scope='module')
@@ -130,7 +113,7 @@ def test_state_dict_is_the_checkpoint_layout():
     expected = checkpoint_entries('matcher.')
     got = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     assert got == expected
-    sd = {k: torch.empty(shape, dtype=dtype, device='meta') for k, (shape, dtype) in expected.items()}
+    sd = state_dict_from_rows('matcher.', fill='empty', device='meta')
     result = model.load_state_dict(sd, strict=True, assign=True)
     assert not result.missing_keys and not result.unexpected_keys
 
@@ -153,7 +136,8 @@ def test_mv_rope_tables_match_the_official(official):
         assert torch.equal(sin_u, sin_o) and torch.equal(cos_u, cos_o)
 
 
-@pytest.mark.parametrize('run', ['policy_run', 'fp32_run'])
+# bf16 autocast on CPU is slow (~20 s per side at this size on 2 shared cores).
+@pytest.mark.parametrize('run', [pytest.param('policy_run', marks=pytest.mark.slow), 'fp32_run'])
 def test_intermediates_bit_exact(run, request):
     """mv-ViT output, attention logits and the DPT input (f17 + mv + match embedding) run the
     same ops in the same order on the same device as the official: bit-identical, both modes."""
@@ -161,7 +145,8 @@ def test_intermediates_bit_exact(run, request):
     mv = ref['mv'].reshape(B, 2, H, W, DIM).float()
     assert torch.equal(got['mv_A'], mv[:, 0]) and torch.equal(got['mv_B'], mv[:, 1])
     for d in ('AB', 'BA'):
-        assert torch.equal(got[f'attn_logits_{d}'], ref[f'attn_{d}_logits'].reshape(B, H * W, H * W))
+        expected = ref[f'attn_{d}_logits'].reshape(B, H * W, H * W)
+        assert torch.equal(got[f'attn_logits_{d}'], expected)
     assert got['attn_logits_AB'].std() > 0.2  # not a flat attention: the check has teeth
     for (f11, f17), mv_X, emb, head_in in zip(
             (feats_A, feats_B), (got['mv_A'], got['mv_B']),
@@ -170,6 +155,7 @@ def test_intermediates_bit_exact(run, request):
         assert torch.equal(head_in[1], f17 + mv_X + emb)
 
 
+@pytest.mark.slow
 def test_official_policy_outputs(policy_run):
     """End to end under bf16 autocast. Everything up to the DPT input is bit-exact (above), so
     differences come from the DPT head alone; a mirrored head is bit-exact, and 1e-4 (warp,

@@ -111,7 +111,9 @@ def _run(mode, model, args, backbone):
 
 def _close(name, ours, ref, tol, kind):
     assert ours.shape == ref.shape, (name, ours.shape, ref.shape)
-    torch.testing.assert_close(ours.float(), ref.float(), atol=tol[kind], rtol=tol['rtol'],
+    # Absolute tolerance relative to the tensor's scale: accumulated precisions reach O(100).
+    atol = tol[kind] * max(1.0, float(ref.float().abs().max()))
+    torch.testing.assert_close(ours.float(), ref.float(), atol=atol, rtol=tol['rtol'],
                                msg=lambda m: f'{name}: {m}')
 
 

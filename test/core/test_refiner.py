@@ -1,31 +1,13 @@
 """Refiners: checkpoint key layout, and each ConvRefiner and the whole cascade (LR and HR pass)
 against the official romav2 2.0.1 refiners with the same random weights."""
-import re
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from romav2_core.refiner import STRIDES, ConvRefiner, Refiners, displacement_scale_factor
+from checkpoint_keys import checkpoint_entries, state_dict_from_rows
+from official_oracle import import_official
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from official_oracle import import_official  # noqa: E402
-
-TSV = Path('/work/shared/docs/romav2-state-dict-keys.tsv')
 FEAT_DIMS = {4: 256, 2: 128, 1: 64}
-
-
-def _checkpoint_refiner_rows():
-    """``{key without 'refiners.': (shape, dtype)}`` from the checkpoint key list."""
-    rows = {}
-    for line in TSV.read_text().splitlines():
-        if not line.startswith('refiners.'):
-            continue
-        key, shape, dtype = line.split('\t')
-        dims = tuple(int(d) for d in re.findall(r'\d+', shape))
-        rows[key[len('refiners.'):]] = (dims, getattr(torch, dtype))
-    return rows
 
 
 def _randomise(module, seed=0):
@@ -105,14 +87,12 @@ def _official_stage(official, feats_A, feats_B, warp, confidence, H, W, hr_pass)
 
 
 def test_state_dict_matches_checkpoint_keys():
-    rows = _checkpoint_refiner_rows()
+    rows = checkpoint_entries('refiners.')
     assert len(rows) > 0
     model = Refiners()
     ours = {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     assert ours == rows
-    g = torch.Generator().manual_seed(0)
-    state = {k: (torch.randn(shape, generator=g).to(dtype) if dtype.is_floating_point
-                 else torch.zeros(shape, dtype=dtype)) for k, (shape, dtype) in rows.items()}
+    state = state_dict_from_rows('refiners.', fill='random')
     model.load_state_dict(state, strict=True)
     assert torch.equal(model['4'].proj.weight, state['4.proj.weight'])
 

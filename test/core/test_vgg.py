@@ -1,31 +1,14 @@
 """VGG19BNFeatures: checkpoint key layout, and agreement with the official romav2 2.0.1 VGG19BN."""
 import warnings
-from pathlib import Path
 
-import pytest
 import torch
 from torch import nn
 
+from checkpoint_keys import checkpoint_entries, state_dict_from_rows
 from official_oracle import import_official
 from romav2_core.vgg import VGG19BNFeatures
 
 PREFIX = 'refiner_features.'
-_KEY_TABLES = (Path(__file__).resolve().parents[2] / 'docs' / 'romav2-state-dict-keys.tsv',
-               Path('/work/shared/docs/romav2-state-dict-keys.tsv'))
-
-
-def checkpoint_tensors(prefix: str) -> dict[str, torch.Tensor]:
-    """Zero tensors with the checkpoint's names (prefix stripped), shapes and dtypes."""
-    table = next((p for p in _KEY_TABLES if p.exists()), None)
-    if table is None:
-        pytest.skip('romav2-state-dict-keys.tsv not found')
-    tensors = {}
-    for line in table.read_text().splitlines():
-        if line.startswith(prefix):
-            key, shape, dtype = line.split('\t')
-            dims = tuple(int(d) for d in shape.strip('()').split(',') if d.strip())
-            tensors[key[len(prefix):]] = torch.zeros(dims, dtype=getattr(torch, dtype))
-    return tensors
 
 
 def official_vgg() -> nn.Module:
@@ -55,11 +38,10 @@ def randomize_(module: nn.Module, seed: int = 0) -> None:
 
 def test_state_dict_matches_checkpoint_keys():
     ours = VGG19BNFeatures()
-    expected = checkpoint_tensors(PREFIX)
+    expected = checkpoint_entries(PREFIX)
     assert expected, 'no refiner_features.* rows in the key table'
-    assert {k: (tuple(v.shape), v.dtype) for k, v in ours.state_dict().items()} == \
-        {k: (tuple(v.shape), v.dtype) for k, v in expected.items()}
-    ours.load_state_dict(expected, strict=True)
+    assert {k: (tuple(v.shape), v.dtype) for k, v in ours.state_dict().items()} == expected
+    ours.load_state_dict(state_dict_from_rows(PREFIX), strict=True)
 
 
 def test_fp32_matches_official():

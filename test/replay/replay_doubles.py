@@ -89,10 +89,11 @@ def texture(seed: int, h: int = 48, w: int = 64) -> np.ndarray:
 
 def write_stereo_bag(path: Path, storage: str = 'mcap', pairs: int = 4,
                      period_ns: int = 100_000_000, extra_left: int = 0,
-                     nan_info_pairs: frozenset = frozenset()) -> list[int]:
+                     nan_info_pairs: frozenset = frozenset(), right_delay_ns: int = 0) -> list[int]:
     """A stereo bag of ``pairs`` synchronised pairs (64x48 rgb8) and ``extra_left`` left
-    images without a right partner; returns the pair stamps. Pairs in ``nan_info_pairs``
-    have a NaN focal length in the right camera_info."""
+    images without a right partner; returns the left stamps. Pairs in ``nan_info_pairs``
+    have a NaN focal length in the right camera_info; right stamps are ``right_delay_ns``
+    late (an unsynchronised rig)."""
     ts = _typestore()
     plugin = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}[storage]
     stamps = [T0_NS + i * period_ns for i in range(pairs + extra_left)]
@@ -101,7 +102,7 @@ def write_stereo_bag(path: Path, storage: str = 'mcap', pairs: int = 4,
             STEREO_TOPICS, ['sensor_msgs/msg/Image', 'sensor_msgs/msg/CameraInfo'] * 2)]
         for i, stamp in enumerate(stamps):
             left = _messages(ts, stamp, 'left_optical', texture(i))
-            right = _messages(ts, stamp, 'right_optical', texture(i), tx=-5.0,
+            right = _messages(ts, stamp + right_delay_ns, 'right_optical', texture(i), tx=-5.0,
                               f=np.nan if i in nan_info_pairs else 50.0)
             sides = (left,) if i >= pairs else (left, right)
             for side, (image, info) in enumerate(sides):

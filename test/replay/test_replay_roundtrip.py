@@ -73,7 +73,7 @@ def test_installed_script_round_trip(tmp_path, storage, replay_exe, script_env):
     stamps = doubles.write_stereo_bag(tmp_path / 'in', storage, pairs=2)
     proc = subprocess.run(
         [str(replay_exe), str(tmp_path / 'in'), str(tmp_path / 'out'), '--storage', storage,
-         '--model-source', 'replay_doubles:oracle', '--outputs', 'warp,certainty,disparity'],
+         '-p', 'model_source:=replay_doubles:oracle', '--outputs', 'warp,certainty,disparity'],
         env=script_env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     check_stereo_outputs(tmp_path / 'out', stamps, outputs=('warp', 'certainty', 'disparity'))
@@ -132,8 +132,38 @@ def test_existing_output_is_refused(tmp_path, capsys):
     doubles.write_stereo_bag(tmp_path / 'in', pairs=1)
     (tmp_path / 'out').mkdir()
     assert replay.main([str(tmp_path / 'in'), str(tmp_path / 'out'),
-                        '--model-source', 'replay_doubles:oracle']) == 1
+                        '-p', 'model_source:=replay_doubles:oracle']) == 1
     assert 'exists already' in capsys.readouterr().err
+
+
+def test_node_parameters_apply(tmp_path, capsys):
+    """Stamps 4 ms apart: exact sync (the node's default) pairs nothing, approximate does."""
+    doubles.write_stereo_bag(tmp_path / 'in', pairs=3, right_delay_ns=4_000_000)
+    exact = replay.parse_args([str(tmp_path / 'in'), str(tmp_path / 'exact'),
+                               '--outputs', 'warp'])
+    assert replay.replay(exact, matcher=doubles.ShiftOracle()) == 0
+    assert '0 processed of 0' in capsys.readouterr().err
+    approx = replay.parse_args([str(tmp_path / 'in'), str(tmp_path / 'approx'), '--outputs',
+                                'warp,certainty', '-p', 'approximate_sync:=true',
+                                '-p', 'sync_slop:=0.005', '-p', 'publish_certainty:=false'])
+    assert replay.replay(approx, matcher=doubles.ShiftOracle()) == 0
+    got = read_bag(tmp_path / 'approx')
+    assert list(got) == [f'{NODE}/warp'] and len(got[f'{NODE}/warp']) == 3
+
+
+@pytest.mark.parametrize('bad, reason', [
+    (['-p', 'nonsense:=1'], 'node parameter name'),
+    (['-p', 'certainty_threshold:=2.0'], 'out of range'),
+    (['-p', 'approximate_sync:=maybe'], 'true or false'),
+    (['--setting', 'huge'], 'must be one of'),
+    (['--outputs', 'warp,colour'], 'unknown outputs'),
+    (['--mode', 'sequential', '--topics', 'a', 'b', 'c'], 'IMAGE INFO'),
+])
+def test_bad_arguments_exit_2(tmp_path, bad, reason, capsys):
+    with pytest.raises(SystemExit) as exc:
+        replay.parse_args([str(tmp_path / 'in'), str(tmp_path / 'out'), *bad])
+    assert exc.value.code == 2
+    assert reason in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -147,3 +147,18 @@ def sequence_frames(n: int, seed: int = 0) -> list:
     for _ in range(n - 1):
         frames.append(render_a(frames[-1], SEQ_R, SEQ_T))
     return frames
+
+
+def rotation_error_deg(q, R) -> float:
+    """Angle (deg) between a geometry_msgs Quaternion and a rotation matrix."""
+    from romav2_core.pose import rotation_to_quaternion
+    q_true = rotation_to_quaternion(R)
+    dot = abs(q.x * q_true[0] + q.y * q_true[1] + q.z * q_true[2] + q.w * q_true[3])
+    return float(np.degrees(2 * np.arccos(np.clip(dot, -1, 1))))
+
+
+def direction_error_deg(p, t) -> float:
+    """Angle (deg) between a geometry_msgs Point and the direction of ``t``."""
+    v = np.array([p.x, p.y, p.z])
+    cos = v @ t / np.linalg.norm(t) / np.linalg.norm(v)
+    return float(np.degrees(np.arccos(np.clip(cos, -1, 1))))

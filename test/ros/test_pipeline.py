@@ -1,28 +1,14 @@
 """MatchingPipeline with oracle matchers: outputs, conventions, pose, resets, bad input."""
-import cv2
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
 
 import oracle_matchers as om
+from oracle_matchers import direction_error_deg, rotation_error_deg
 from romav2_ros.image_conversion import imgmsg_to_numpy, numpy_to_compressed
 from romav2_ros.pipeline import (OUTPUTS, InputError, MatchingPipeline, PipelineConfig)
 
 ALL = set(OUTPUTS)
-
-
-def rotation_error_deg(q, R):
-    Rq = cv2.Rodrigues(np.zeros(3))[0]
-    x, y, z, w = q.x, q.y, q.z, q.w
-    Rq = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                   [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                   [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-    return np.degrees(np.linalg.norm(cv2.Rodrigues(Rq @ R.T)[0]))
-
-
-def direction_error_deg(p, t):
-    v = np.array([p.x, p.y, p.z])
-    return np.degrees(np.arccos(np.clip(v @ t / np.linalg.norm(t) / np.linalg.norm(v), -1, 1)))
 
 
 @pytest.fixture(scope='module')

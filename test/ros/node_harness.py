@@ -1,0 +1,130 @@
+"""Two-process test harness: the installed ``romav2_node`` as a subprocess, and a tester node.
+
+Both processes use the Fast DDS large-image profile (config/fastdds_large_images.xml) so
+640 x 480 images survive best-effort subscriptions. The node finds the oracle matchers through
+PYTHONPATH (this folder).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.node import Node
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILE = ROOT / 'config' / 'fastdds_large_images.xml'
+NODE = 'romav2_node'
+
+
+def profile_env() -> dict:
+    """Fast DDS 2.x (Jazzy) reads FASTRTPS_*, Fast DDS 3.x FASTDDS_*: set both."""
+    return {'FASTRTPS_DEFAULT_PROFILES_FILE': str(PROFILE),
+            'FASTDDS_DEFAULT_PROFILES_FILE': str(PROFILE)}
+
+
+def node_env() -> dict:
+    env = dict(os.environ)  # keep the ROS wheels' bootstrap variables together
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                      env.get('PYTHONPATH')]))
+    env.update(profile_env())
+    env['PYTHONUNBUFFERED'] = '1'
+    return env
+
+
+class NodeProcess:
+    """``romav2_node --ros-args -p k:=v ...`` with its output in ``log``."""
+
+    def __init__(self, params: dict, log: Path):
+        exe = shutil.which(NODE, path=str(Path(sys.executable).parent)) or NODE
+        args = [sys.executable, exe, '--ros-args']
+        for k, v in params.items():
+            args += ['-p', f'{k}:={str(v).lower() if isinstance(v, bool) else v}']
+        self.log = log
+        self._out = open(log, 'w')
+        self.proc = subprocess.Popen(args, env=node_env(), stdout=self._out,
+                                     stderr=subprocess.STDOUT)
+
+    def output(self) -> str:
+        if not self._out.closed:
+            self._out.flush()
+        return self.log.read_text()
+
+    def stop(self, sig=signal.SIGINT, timeout=20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        return self.proc.returncode
+
+
+class Tester:
+    __test__ = False  # not a test class
+
+    """An rclpy node in the test process: publishers, recording subscriptions, spin helpers."""
+
+    def __init__(self):
+        os.environ.update(profile_env())
+        rclpy.init()
+        self.node = Node('romav2_tester')
+        self.received: dict[str, list] = {}
+        self.diag = []
+
+    def reliable(self, depth=50):
+        return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+
+    def publisher(self, cls, topic, qos):
+        return self.node.create_publisher(cls, topic, qos)
+
+    def record(self, cls, topic, key=None):
+        key = key or topic
+        self.received[key] = []
+        self.node.create_subscription(cls, topic, self.received[key].append, self.reliable())
+
+    def record_diagnostics(self):
+        from diagnostic_msgs.msg import DiagnosticArray
+        self.node.create_subscription(DiagnosticArray, '/diagnostics', self.diag.append, 50)
+
+    def diag_values(self, suffix: str) -> dict:
+        """key -> value of the latest status whose name ends with ``suffix``."""
+        for arr in reversed(self.diag):
+            for st in arr.status:
+                if st.name.endswith(suffix):
+                    return {kv.key: kv.value for kv in st.values}
+        return {}
+
+    def spin_until(self, predicate, timeout: float, what: str = 'condition'):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return
+            rclpy.spin_once(self.node, timeout_sec=0.05)
+        raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+
+    def spin_for(self, seconds: float):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            rclpy.spin_once(self.node, timeout_sec=0.05)
+
+    def set_parameter(self, name, value, node=f'/{NODE}'):
+        from rclpy.parameter import Parameter
+        from rclpy.parameter_client import AsyncParameterClient
+        client = AsyncParameterClient(self.node, node)
+        self.spin_until(lambda: client.services_are_ready(), 20, 'parameter services')
+        future = client.set_parameters([Parameter(name, value=value)])
+        self.spin_until(future.done, 10, f'set {name}')
+        return future.result().results[0]
+
+    def close(self):
+        self.node.destroy_node()
+        rclpy.try_shutdown()

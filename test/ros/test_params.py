@@ -1,0 +1,56 @@
+"""Parameter table, validation and the parameter -> config mapping (no DDS)."""
+import pytest
+from rclpy.parameter import Parameter
+
+from romav2_ros import params
+from romav2_ros.pipeline import OUTPUTS
+
+DEFAULTS = {p.name: p.default for p in params.PARAMS}
+
+
+def test_every_parameter_is_described_and_ranged():
+    for p in params.PARAMS:
+        d = params.descriptor(p)
+        assert d.description and d.read_only == (not p.runtime)
+        if p.range is not None and not isinstance(p.default, bool):
+            assert d.integer_range or d.floating_point_range, p.name
+        assert params.check(p.name, p.default) is None, p.name
+    runtime = {p.name for p in params.PARAMS if p.runtime}
+    assert {'certainty_threshold', 'viz_rate', 'num_samples'} <= runtime
+    assert {f'publish_{k}' for k in OUTPUTS} <= runtime
+    assert not runtime & {'mode', 'setting', 'weights', 'device', 'model_source'}
+
+
+@pytest.mark.parametrize('name,value,fragment', [
+    ('certainty_threshold', 1.5, 'out of range'),
+    ('mode', 'panorama', 'one of'),
+    ('setting', 'ultra', 'one of'),
+    ('device', 'tpu', 'device'),
+    ('H_hr', 1000, 'multiple of 16'),
+    ('input_qos', 'fast', 'one of'),
+])
+def test_bad_values_are_rejected_with_a_reason(name, value, fragment):
+    result = params.validate([Parameter(name, value=value)])
+    assert not result.successful and fragment in result.reason
+    assert params.validate([Parameter('use_sim_time', value=True)]).successful
+
+
+def test_model_config_mapping():
+    cfg = params.model_config(DEFAULTS)
+    assert (cfg.setting, cfg.H_lr, cfg.H_hr, cfg.bidirectional) == ('precise', 800, 1280, True)
+    cfg = params.model_config({**DEFAULTS, 'setting': 'fast', 'H_lr': 384, 'W_lr': 512,
+                               'bidirectional': 'true', 'amp_dtype': 'fp16'})
+    assert (cfg.H_lr, cfg.W_lr, cfg.bidirectional, cfg.amp_dtype) == (384, 512, True, 'fp16')
+    assert params.model_config({**DEFAULTS, 'H_hr': -1, 'W_hr': -1}).H_hr is None
+
+
+def test_pipeline_config_mapping():
+    cfg = params.pipeline_config({**DEFAULTS, 'mode': 'sequential', 'num_samples': 123})
+    assert (cfg.mode, cfg.num_samples, cfg.certainty_threshold) == ('sequential', 123, 0.05)
+    assert cfg.seed == DEFAULTS['random_seed']
+
+
+def test_qos_profiles():
+    from rclpy.qos import ReliabilityPolicy
+    assert params.qos_profile('sensor_data', 5).reliability == ReliabilityPolicy.BEST_EFFORT
+    assert params.qos_profile('reliable', 3).depth == 3
