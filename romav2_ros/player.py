@@ -21,7 +21,9 @@ CLOCK_TOPIC = '/clock'
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog='romav2-play', description=__doc__.split('\n\n')[0],
+        prog='romav2-play',
+        description='Publish a rosbag2\'s messages with their recorded timing, and /clock '
+                    '(a stand-in for ros2 bag play --clock).',
         epilog='Arguments after --ros-args are passed to rclpy (e.g. -r old:=new remaps).')
     parser.add_argument('bag', help='rosbag2 folder (mcap or sqlite3)')
     parser.add_argument('--rate', type=float, default=1.0,

@@ -33,6 +33,8 @@ INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 #: Input roles in the order the pipeline takes them.
 ROLES = {'stereo': ('left_image', 'left_info', 'right_image', 'right_info'),
          'sequential': ('image', 'info')}
+
+
 class ReplayError(RuntimeError):
     """A problem with the inputs or arguments, reported as one line (no traceback)."""
 
@@ -75,12 +77,14 @@ def node_parameters(args) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from romav2_ros.pipeline import OUTPUTS
     parser = argparse.ArgumentParser(
-        prog='romav2-replay', description=__doc__.split('\n')[0],
+        prog='romav2-replay',
+        description='Run romav2_node\'s processing over a recorded rosbag2, offline, into a '
+                    'new rosbag2 (outputs on the topics the node publishes).',
         epilog='Any node parameter can be set with -p NAME:=VALUE (docs/node.md), e.g. '
                '-p certainty_threshold:=0.2 -p approximate_sync:=true.')
     parser.add_argument('in_bag', type=Path, help='input rosbag2 folder (mcap or sqlite3)')
     parser.add_argument('out_bag', type=Path, help='output rosbag2 folder (must not exist)')
-    parser.add_argument('--mode', choices=tuple(ROLES), help='node parameter mode')
+    parser.add_argument('--mode', choices=tuple(ROLES), help='node parameter mode (default stereo)')
     parser.add_argument('--topics', nargs='+', metavar='TOPIC',
                         help='stereo: LEFT_IMAGE LEFT_INFO RIGHT_IMAGE RIGHT_INFO; sequential: '
                              'IMAGE INFO (default: found by name, <image topic>/../camera_info)')
@@ -366,8 +370,14 @@ def replay(args, matcher=None) -> int:
         if args.limit is not None:
             total = min(total, args.limit + (args.mode == 'sequential'))
         values = args.values
-        pipeline = MatchingPipeline(matcher or build_matcher(values),
-                                    params.pipeline_config(values))
+        print(f'romav2-replay: {args.mode} inputs {", ".join(roles.values())}', file=sys.stderr)
+        if matcher is None:
+            # Building a model can take minutes on a CPU: say what is happening.
+            print(f'romav2-replay: building the matcher (model_source {values["model_source"]}'
+                  f', setting {values["setting"]}, device {values["device"]})', file=sys.stderr,
+                  flush=True)
+            matcher = build_matcher(values)
+        pipeline = MatchingPipeline(matcher, params.pipeline_config(values))
         pairer = Pairer(ROLES[args.mode], values['approximate_sync'],
                         values['sync_queue_size'], values['sync_slop'])
         status, error = 'done', None

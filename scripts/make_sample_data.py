@@ -211,16 +211,18 @@ def coffee_sequence(out: Path) -> dict:
             put(writer, '/camera/image_raw', image_msg(frame, stamp, info.header.frame_id), stamp)
             put(writer, '/camera/camera_info', info, stamp)
             if k:
-                (R0, C0), (R1, C1) = poses[k - 1], poses[k]
-                H01 = H @ np.linalg.inv(H_tex[k - 1])
-                pairs.append({'from_frame': k - 1, 'to_frame': k,
-                              'homography_prev_to_cur': (H01 / H01[2, 2]).tolist(),
-                              'R_prev_in_cur': (R1 @ R0.T).tolist(),
-                              't_prev_in_cur': (R1 @ (C0 - C1)).tolist()})
+                # The node's sequential pair: A = this frame, B = the previous one.
+                (R_b, C_b), (R_a, C_a) = poses[k - 1], poses[k]
+                H_ab = H_tex[k - 1] @ np.linalg.inv(H)
+                pairs.append({'a_frame': k, 'b_frame': k - 1,
+                              'homography_a_to_b': (H_ab / H_ab[2, 2]).tolist(),
+                              'R_ab': (R_b @ R_a.T).tolist(),
+                              't_ab': (R_b @ (C_a - C_b)).tolist()})
     return {'K': K.tolist(), 'size': [w, h], 'frames': SEQ_FRAMES,
             'period_s': SEQ_PERIOD_NS / 1e9, 'plane_depth_m': SEQ_PLANE_DEPTH,
-            'convention': 'x_cur ~ H x_prev (pixels, centres at integers); '
-                          'p_cur = R p_prev + t (metres, optical frames)',
+            'convention': 'A = frame t, B = frame t-1 (as romav2_node mode:=sequential): '
+                          'x_B ~ H x_A in px (centres at integers); p_B = R_ab p_A + t_ab in '
+                          'metres (the pose of camera A in the optical frame of B)',
             'pairs': pairs}
 
 

@@ -44,7 +44,8 @@ def test_types_defined_only_in_the_bag_are_copied(tmp_path):
     foreign = get_typestore(Stores.ROS2_JAZZY)
     foreign.register(get_types_from_msg(definition, 'acme_msgs/msg/Thing'))
     Thing = foreign.types['acme_msgs/msg/Thing']
-    Header, Time = foreign.types['std_msgs/msg/Header'], foreign.types['builtin_interfaces/msg/Time']
+    Header = foreign.types['std_msgs/msg/Header']
+    Time = foreign.types['builtin_interfaces/msg/Time']
     with Writer(tmp_path / 'robot', version=9, storage_plugin=StoragePlugin.MCAP) as writer:
         conn = writer.add_connection('/thing', 'acme_msgs/msg/Thing', typestore=foreign)
         for i in range(3):

@@ -1,0 +1,23 @@
+"""RoMa v2 on a rectified stereo pair: one ``romav2_node`` with ``mode:=stereo``.
+
+    ros2 launch romav2_ros stereo.launch.py namespace:=front preset:=desktop_gpu rviz:=true \
+        left_image:=/front/left/image_rect_color right_image:=/front/right/image_rect_color
+
+Arguments (``--show-args``) and the parameter order are those of romav2_node.launch.py,
+without ``mode`` and the sequential topics; docs/launch.md.
+"""
+import importlib.util
+import os
+
+
+def load_sibling(filename: str):
+    """A launch file installed beside this one, as a module."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), filename)
+    spec = importlib.util.spec_from_file_location(filename.split('.')[0] + '_launch', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def generate_launch_description():
+    return load_sibling('romav2_node.launch.py').describe(mode='stereo')
