@@ -5,9 +5,12 @@ Two statuses (``diagnostic_msgs/DiagnosticStatus``), hardware_id = the node's na
 * ``<node>: input``: rates of received messages and synchronised pairs, counts of received /
   synchronised / dropped (latest-only queue overflow) pairs, the queue depth, the count of each
   bad-input reason. WARN when no synchronised pair arrived for :data:`NO_INPUT_WARN_S` seconds,
-  saying what to check.
+  saying what to check, and naming the inputs that sent nothing (a camera_info that never
+  arrives, a topic name that does not match).
 * ``<node>: processing``: processed pairs, output rate, per-stage latency (mean and max over
-  the last period, ms), skipped pairs (no subscribers), GPU memory when CUDA is used.
+  the last period, ms), skipped pairs (no subscribers), pairs lost to faults (``oom``: CUDA
+  out of memory, ``worker_errors``: unexpected exceptions), GPU memory when CUDA is used.
+  WARN while faults happened in the last period.
 
 Updates come from the subscription callbacks and from the worker thread; a lock guards them.
 The 1 Hz timer runs on the steady clock, so diagnostics keep flowing while a simulated clock is
@@ -23,12 +26,17 @@ NO_INPUT_WARN_S = 5.0
 
 
 class Diagnostics:
-    def __init__(self, node, inputs_hint: str, device: str = 'cpu'):
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.clock import Clock, ClockType
+    """``node`` None: counters only (no publisher, no timer; in-process tests), named
+    ``name``. ``inputs``: the input topics, whose last arrival is tracked (:meth:`seen`)."""
+
+    def __init__(self, node, inputs_hint: str, device: str = 'cpu', inputs=(),
+                 name: str = 'romav2_node'):
         self._node = node
+        self._name = node.get_name() if node is not None else name
         self._hint = inputs_hint
         self._device = device
+        self._started = time.monotonic()
+        self._seen = {topic: None for topic in inputs}   # topic -> monotonic time of last msg
         self._lock = threading.Lock()
         self.counts = defaultdict(int)        # cumulative counters
         self.errors = defaultdict(int)        # bad-input reason -> count
@@ -37,9 +45,27 @@ class Diagnostics:
         self._latency = defaultdict(list)     # stage -> seconds in the current period
         self._last_pair = time.monotonic()
         self._last_publish = time.monotonic()
-        self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._timer = node.create_timer(1.0, self.publish,
-                                        clock=Clock(clock_type=ClockType.STEADY_TIME))
+        if node is not None:
+            from diagnostic_msgs.msg import DiagnosticArray
+            from rclpy.clock import Clock, ClockType
+            self._pub = node.create_publisher(DiagnosticArray, '/diagnostics', 10)
+            self._timer = node.create_timer(1.0, self.publish,
+                                            clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+    def seen(self, topic: str) -> None:
+        """A message arrived on input ``topic``."""
+        with self._lock:
+            self._seen[topic] = time.monotonic()
+
+    def _silent_inputs(self, now: float) -> list[str]:
+        """'topic (never)' / 'topic (for N s)' for inputs silent for NO_INPUT_WARN_S."""
+        out = []
+        for topic, last in self._seen.items():
+            if last is None:
+                out.append(f'{topic} (nothing received)')
+            elif now - last > NO_INPUT_WARN_S:
+                out.append(f'{topic} (nothing for {now - last:.0f} s)')
+        return out
 
     def count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -83,9 +109,11 @@ class Diagnostics:
             latency = {k: v for k, v in self._latency.items() if v}
             counts, errors, gauges = dict(self.counts), dict(self.errors), dict(self.gauges)
             idle = now - self._last_pair
+            silent = self._silent_inputs(now)
+            faults = {k: self._period.get(k, 0) for k in ('oom', 'worker_errors')}
             self._period.clear()
             self._latency.clear()
-        name = self._node.get_name()
+        name = self._name
 
         def kv(d):
             return [KeyValue(key=k, value=str(v)) for k, v in d.items()]
@@ -98,10 +126,13 @@ class Diagnostics:
         inp.values += kv(gauges) + kv({f'bad_input.{k}': v for k, v in errors.items()})
         if idle > NO_INPUT_WARN_S:
             inp.level = DiagnosticStatus.WARN
-            inp.message = (f'no synchronised input for {idle:.0f} s: check that {self._hint} '
-                           f'are published, that their stamps match (exact sync, or within '
-                           f'sync_slop), that the QoS is compatible (input_qos) and that '
-                           f'use_sim_time agrees with the publisher clock')
+            missing = (f'; silent inputs: {", ".join(silent)}: check their topic names '
+                       f'(remappings) and that the camera driver publishes them'
+                       if silent and len(silent) < len(self._seen) else '')
+            inp.message = (f'no synchronised input for {idle:.0f} s{missing}: check that '
+                           f'{self._hint} are published, that their stamps match (exact sync, '
+                           f'or within sync_slop), that the QoS is compatible (input_qos) and '
+                           f'that use_sim_time agrees with the publisher clock')
         elif errors:
             inp.message = 'receiving; bad inputs: ' + ', '.join(sorted(errors))
 
@@ -109,7 +140,13 @@ class Diagnostics:
                                 level=DiagnosticStatus.OK, message='ok')
         proc.values = kv({'processed': counts.get('processed', 0),
                           'skipped_no_subscribers': counts.get('skipped', 0),
+                          'oom': counts.get('oom', 0),
+                          'worker_errors': counts.get('worker_errors', 0),
                           'output_rate_hz': f'{rates.get("processed", 0.0):.2f}'})
+        if any(faults.values()):
+            proc.level = DiagnosticStatus.WARN
+            proc.message = ('pairs lost to faults in the last period: ' +
+                            ', '.join(f'{k} {v}' for k, v in faults.items() if v))
         for stage, values in sorted(latency.items()):
             proc.values += kv({f'latency_{stage}_ms_mean': f'{1e3 * sum(values) / len(values):.1f}',
                                f'latency_{stage}_ms_max': f'{1e3 * max(values):.1f}'})

@@ -7,7 +7,8 @@ encoding; rows may be padded (``step`` > width * pixel size); ``is_bigendian`` i
 Float images keep NaN (``32FC*``: NaN means "no value", as in depth images).
 
 Every malformed message raises :class:`InputError` (a ``ValueError``) with a short ``code`` the
-node counts in its diagnostics.
+node counts in its diagnostics. Images larger than :data:`MAX_IMAGE_PIXELS` are refused
+(``too_large``) before any buffer is allocated for them.
 """
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ try:  # a ROS install's cv_bridge (NumPy-2 builds only; see docs/node.md)
     _BRIDGE = _CvBridge()
 except ImportError:  # pragma: no cover - depends on the installation
     _BRIDGE = None
+
+#: Largest ``width * height`` accepted (33.5 MP, e.g. 8192 x 4096): above it a message is
+#: refused with code ``too_large`` before its data is touched. An 8K frame (7680 x 4320)
+#: passes; the model input and dense outputs of a larger image would need several GB.
+MAX_IMAGE_PIXELS = 8192 * 4096
 
 #: encoding -> (numpy dtype, channels)
 ENCODINGS: dict[str, tuple[np.dtype, int]] = {
@@ -52,12 +58,21 @@ def _check_encoding(encoding: str) -> tuple[np.dtype, int]:
     return ENCODINGS[encoding]
 
 
-def imgmsg_to_numpy(msg, desired_encoding: str = 'passthrough') -> np.ndarray:
+def check_size(h: int, w: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """InputError ``zero_size`` / ``too_large`` unless ``0 < w * h <= max_pixels``."""
+    if h == 0 or w == 0:
+        raise InputError('zero_size', f'empty image ({w} x {h})')
+    if h * w > max_pixels:
+        raise InputError('too_large', f'image of {w} x {h} = {w * h / 1e6:.1f} MP exceeds the '
+                                      f'limit of {max_pixels / 1e6:.1f} MP (MAX_IMAGE_PIXELS)')
+
+
+def imgmsg_to_numpy(msg, desired_encoding: str = 'passthrough',
+                    max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """A ``sensor_msgs/Image`` as an array (a copy, native byte order, padding removed)."""
     dtype, channels = _check_encoding(msg.encoding)
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h == 0 or w == 0:
-        raise InputError('zero_size', f'empty image ({w} x {h})')
+    check_size(h, w, max_pixels)
     row = w * channels * dtype.itemsize
     if step < row:
         raise InputError('step_mismatch', f'step {step} < width {w} x {channels} channels x '
@@ -114,7 +129,7 @@ def numpy_to_imgmsg(arr: np.ndarray, encoding: str, header=None):
     return msg
 
 
-def compressed_to_numpy(msg) -> tuple[np.ndarray, str]:
+def compressed_to_numpy(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
     """Decode a ``sensor_msgs/CompressedImage`` (jpeg/png) to ``(array, encoding)``.
 
     The encoding is what the codec gives: ``bgr8``, ``bgra8``, ``mono8`` or ``mono16``;
@@ -127,6 +142,7 @@ def compressed_to_numpy(msg) -> tuple[np.ndarray, str]:
     if arr is None:
         raise InputError('decode_failed', f'cannot decode CompressedImage of format '
                                           f'{msg.format!r} ({data.size} bytes)')
+    check_size(arr.shape[0], arr.shape[1], max_pixels)
     if arr.ndim == 2:
         return arr, 'mono16' if arr.dtype == np.uint16 else 'mono8'
     if arr.dtype != np.uint8:
@@ -164,16 +180,16 @@ def numpy_to_compressed(arr: np.ndarray, encoding: str, fmt: str = 'jpeg', heade
     return msg
 
 
-def to_rgb_float(msg) -> np.ndarray:
+def to_rgb_float(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Any supported Image or CompressedImage as ``[H x W x 3]`` float32 RGB in [0, 1].
 
     The model input. Integer images are scaled by their type's maximum; float images are taken
     as intensities in [0, 1] (clipped, NaN -> 0). Alpha is dropped, grey is replicated.
     """
     if hasattr(msg, 'format'):
-        arr, encoding = compressed_to_numpy(msg)
+        arr, encoding = compressed_to_numpy(msg, max_pixels)
     else:
-        arr, encoding = imgmsg_to_numpy(msg), msg.encoding
+        arr, encoding = imgmsg_to_numpy(msg, max_pixels=max_pixels), msg.encoding
     if arr.dtype == np.float32:
         arr = np.clip(np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
     else:

@@ -40,7 +40,10 @@ def _model_kwargs(config: RoMaV2Config) -> dict:
 
 
 def _pretrained(config: RoMaV2Config, device: str, weights: str, seed: int):
+    from romav2_core import weights as weights_io
     from romav2_core.model import RoMaV2  # lazy: torch model code only when needed
+    if weights:  # a missing file fails at once, not after building the model (seconds, ~1 GB)
+        weights_io.resolve_weights(weights, download=False)
     return RoMaV2.from_pretrained(weights=weights or None, device=device,
                                   **_model_kwargs(config))
 

@@ -6,9 +6,15 @@ unprocessed one; counted as ``dropped``). One worker thread owns the model: it b
 it up and runs :class:`~romav2_ros.pipeline.MatchingPipeline` on each set, then publishes.
 Outputs are computed only for topics with subscribers and ``publish_<key>`` true.
 
-Startup is all-or-nothing: publishers and subscriptions are created only after the model is
-built; a model that cannot be built (missing weights offline, bad parameters) ends the process
-with a message saying what to do and exit status 1.
+Startup is all-or-nothing: publishers (outputs and ``/diagnostics``) and subscriptions are
+created only after the model is built and warmed up; a model that cannot be built (missing,
+truncated or foreign weights, bad parameters) ends the process with a message saying what to
+do and exit status 1. (rclpy itself advertises ``/rosout``, ``/parameter_events`` and the
+parameter services when the node object is created, before the model.)
+
+Faults never end the worker: CUDA out-of-memory drops that pair (counted as ``oom``, the CUDA
+cache is emptied) and any other exception is logged with its traceback and counted
+(``worker_errors``, ``bad_input.internal_error``); both restart a sequence.
 
 Topics, parameters and conventions: docs/node.md.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import traceback
 
 import rclpy
 import rclpy.exceptions
@@ -111,8 +118,9 @@ class RoMaV2Node(Node):
                 continue
             self.pubs[key] = self.create_publisher(_output_type(key), '~/' + key, out_qos)
         topics = INPUT_TOPICS[self.mode]
-        self.diagnostics = Diagnostics(self, ' and '.join(self.resolve_topic_name(t)
-                                                          for t in topics), self.device)
+        resolved = self._input_names(topics)
+        self.diagnostics = Diagnostics(self, ' and '.join(resolved), self.device,
+                                       inputs=resolved)
         self._subscribe(topics)
         self.get_logger().info(
             f'ready: mode={self.mode}, model_source={self.values["model_source"]}, '
@@ -124,18 +132,25 @@ class RoMaV2Node(Node):
         if self._worker.is_alive():
             self._worker.join(timeout=30)
 
+    def _input_names(self, topics) -> list:
+        compressed = self.values['input_transport'] == 'compressed'
+        return [self.resolve_topic_name(t + ('/compressed' if compressed and
+                                             not t.endswith('camera_info') else ''))
+                for t in topics]
+
     def _subscribe(self, topics) -> None:
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
         compressed = self.values['input_transport'] == 'compressed'
         qos = params.qos_profile(self.values['input_qos'], self.values['input_qos_depth'])
         filters = []
-        for topic in topics:
+        for topic, name in zip(topics, self._input_names(topics)):
             if topic.endswith('camera_info'):
-                filters.append(Subscriber(self, CameraInfo, topic, qos_profile=qos))
-                continue
-            sub = Subscriber(self, CompressedImage if compressed else Image,
-                             topic + '/compressed' if compressed else topic, qos_profile=qos)
-            sub.registerCallback(lambda _msg: self.diagnostics.count('received'))
+                sub = Subscriber(self, CameraInfo, topic, qos_profile=qos)
+            else:
+                sub = Subscriber(self, CompressedImage if compressed else Image,
+                                 topic + '/compressed' if compressed else topic, qos_profile=qos)
+                sub.registerCallback(lambda _msg: self.diagnostics.count('received'))
+            sub.registerCallback(lambda _msg, name=name: self.diagnostics.seen(name))
             filters.append(sub)
         if self.values['approximate_sync']:
             self._sync = ApproximateTimeSynchronizer(filters, self.values['sync_queue_size'],
@@ -158,14 +173,18 @@ class RoMaV2Node(Node):
                 setattr(self.pipeline.config, p.name, p.value)
 
     # ------------------------------------------------------------------ worker thread
+    def _build(self) -> None:
+        """Matcher, warm-up and pipeline (worker thread, before any topic exists)."""
+        matcher = matchers.create(self.values['model_source'], params.model_config(self.values),
+                                  self.device, self.values['weights'],
+                                  self.values['random_seed'])
+        if self.values['warmup']:
+            _warm_up(matcher, self.device)
+        self.pipeline = MatchingPipeline(matcher, params.pipeline_config(self.values))
+
     def _work(self) -> None:
         try:
-            matcher = matchers.create(self.values['model_source'], params.model_config(self.values),
-                                      self.device, self.values['weights'],
-                                      self.values['random_seed'])
-            if self.values['warmup']:
-                _warm_up(matcher, self.device)
-            self.pipeline = MatchingPipeline(matcher, params.pipeline_config(self.values))
+            self._build()
         except BaseException as exc:  # reported by start() on the main thread
             self._failure = exc
             return
@@ -174,8 +193,18 @@ class RoMaV2Node(Node):
         while not self._stop.is_set():
             item = self.queue.get(timeout=0.1)
             if item is not None:
-                self.diagnostics.gauge('queue_depth', len(self.queue))
-                self._process(item)
+                self._handle(item)
+
+    def _handle(self, item) -> None:
+        """One synchronised set; never raises (the worker must survive anything)."""
+        try:
+            self.diagnostics.gauge('queue_depth', len(self.queue))
+            self._process(item)
+        except Exception as exc:  # noqa: BLE001
+            try:
+                self._fault(exc)
+            except Exception:  # noqa: BLE001 - even the accounting failed: stderr, go on
+                traceback.print_exc()
 
     def _wanted(self) -> set:
         wanted = {k for k, pub in self.pubs.items()
@@ -204,10 +233,10 @@ class RoMaV2Node(Node):
         except InputError as exc:
             self._report(exc.code, exc.message)
             return
-        except Exception as exc:  # keep running; the reason is logged and counted
-            self._report('internal_error', f'{type(exc).__name__}: {exc}')
-            return
         if result is None:
+            for note in self.pipeline.last_notes:  # e.g. a stamp jump restarting the sequence
+                code, _, text = note.partition(': ')
+                self._report(code, text)
             return
         t0 = time.perf_counter()
         for key, msg in result.messages.items():
@@ -219,16 +248,53 @@ class RoMaV2Node(Node):
             code, _, text = note.partition(': ')
             self._report(code, text)
 
+    def _fault(self, exc: Exception) -> None:
+        """An exception in the worker: the pair is lost, the node goes on.
+
+        CUDA out of memory (a large image, another process on the GPU) is counted as ``oom``
+        and the CUDA cache is emptied so the next pair can get memory again; anything else is
+        logged with its traceback and counted as ``worker_errors`` (and, as documented before,
+        ``bad_input.internal_error``). A sequence restarts: the previous frame's features may
+        be what the failure left behind.
+        """
+        import torch
+        if self.pipeline is not None:
+            self.pipeline.reset()
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            if str(self.device).startswith('cuda'):
+                torch.cuda.empty_cache()
+            self.diagnostics.count('oom')
+            self._log_limited('oom', f'CUDA out of memory, pair dropped ({exc}); lower '
+                                     f'H_lr/W_lr/H_hr/W_hr or the setting if this repeats',
+                              self.diagnostics.counts['oom'])
+            return
+        self.diagnostics.count('worker_errors')
+        self.diagnostics.error('internal_error')
+        self._log_limited('internal_error', f'unexpected {type(exc).__name__} in the worker, '
+                                            f'pair dropped, node continues:\n'
+                                            f'{traceback.format_exc()}',
+                          self.diagnostics.counts['worker_errors'], error=True)
+
+    def _log_limited(self, code: str, text: str, count: int, error: bool = False) -> bool:
+        """Log ``text`` the first time ``code`` is seen, then at most every LOG_REPEAT_S."""
+        now = time.monotonic()
+        last = self._last_log.get(code)
+        if last is not None and now - last <= LOG_REPEAT_S:
+            return False
+        self._last_log[code] = now
+        line = (f'{text} (seen {count}x; counted in /diagnostics, repeated at most every '
+                f'{LOG_REPEAT_S:.0f} s)')
+        # Separate call sites: rclpy refuses two severities from one line of code.
+        if error:
+            self.get_logger().error(line)
+        else:
+            self.get_logger().warn(line)
+        return True
+
     def _report(self, code: str, text: str) -> None:
         """Count a bad-input reason; log it the first time, then every LOG_REPEAT_S."""
         self.diagnostics.error(code)
-        now = time.monotonic()
-        last = self._last_log.get(code)
-        if last is None or now - last > LOG_REPEAT_S:
-            self._last_log[code] = now
-            count = self.diagnostics.errors[code]
-            self.get_logger().warn(f'bad input [{code}]: {text} (seen {count}x; counted in '
-                                   f'/diagnostics, repeated at most every {LOG_REPEAT_S:.0f} s)')
+        self._log_limited(code, f'bad input [{code}]: {text}', self.diagnostics.errors[code])
 
 
 def _warm_up(matcher, device: str) -> None:

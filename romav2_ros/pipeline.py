@@ -41,7 +41,8 @@ import torch.nn.functional as F
 from romav2_core import geometry, visualization
 from romav2_core.interface import DenseMatcher
 from romav2_core.pose import DISTORTION_MODELS, estimate_relative_pose
-from romav2_ros.image_conversion import InputError, numpy_to_imgmsg, to_rgb_float
+from romav2_ros.image_conversion import (MAX_IMAGE_PIXELS, InputError, numpy_to_imgmsg,
+                                         to_rgb_float)
 
 __all__ = ['InputError', 'PipelineConfig', 'PipelineResult', 'MatchingPipeline', 'OUTPUTS',
            'DENSE_OUTPUTS', 'VIZ_OUTPUTS']
@@ -70,6 +71,7 @@ class PipelineConfig:
     max_stamp_jump: float = 5.0          # s; a larger gap between frames resets the sequence
     viz_max_matches: int = 200           # lines drawn in 'matches_viz'
     seed: int = 0                        # sampling RNG seed (reproducible outputs)
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger inputs: InputError 'too_large'
 
     def __post_init__(self):
         if self.mode not in ('stereo', 'sequential'):
@@ -173,6 +175,9 @@ class MatchingPipeline:
         self._prev: Optional[_Frame] = None
         self._last_stamp: Optional[int] = None
         self._rng = np.random.default_rng(config.seed)
+        #: Notes of the latest call, also when it returned None (a sequence restart after a
+        #: stamp jump gives no result but is worth reporting).
+        self.last_notes: list[str] = []
 
     def reset(self) -> None:
         """Forget the previous frame and stamp (sequential restarts with the next frame)."""
@@ -183,6 +188,7 @@ class MatchingPipeline:
     def process_stereo(self, left, left_info, right, right_info, wanted: set) -> PipelineResult:
         """A = left, B = right (sensor_msgs Image or CompressedImage + CameraInfo)."""
         res = PipelineResult()
+        self.last_notes = res.notes
         t0 = time.perf_counter()
         a = self._decode(left, left_info)
         b = self._decode(right, right_info)
@@ -199,6 +205,7 @@ class MatchingPipeline:
         (a gap over ``max_stamp_jump``); a stamp not after the previous one resets the
         sequence and raises InputError 'stamp_out_of_order'."""
         res = PipelineResult()
+        self.last_notes = res.notes
         t0 = time.perf_counter()
         a = self._decode(image, info)
         restarted = self._check_stamp(a.stamp_ns, res)
@@ -214,7 +221,7 @@ class MatchingPipeline:
 
     # ---------------------------------------------------------------- stages
     def _decode(self, msg, info) -> _Frame:
-        rgb = to_rgb_float(msg)
+        rgb = to_rgb_float(msg, self.config.max_image_pixels)
         camera = camera_from_info(info, rgb.shape[0], rgb.shape[1], self.config.rectified)
         return _Frame(msg.header, _stamp_ns(msg.header), rgb, camera)
 
@@ -230,8 +237,9 @@ class MatchingPipeline:
             return True
         if dt <= 0:
             self._prev = None
-            raise InputError('stamp_out_of_order', f'stamp {dt * 1e3:+.1f} ms after the '
-                                                   f'previous one: sequence reset')
+            what = 'duplicate stamp (the same as the previous input)' if dt == 0 else \
+                f'stamp {dt * 1e3:+.1f} ms after the previous one'
+            raise InputError('stamp_out_of_order', f'{what}: sequence reset')
         return False
 
     def _encode(self, frame: _Frame):

@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             if not connections:
                 raise bag_io.BagError(f'bag {args.bag} has none of the topics {args.topics}')
             player = Player(node, connections, qos, args.clock, args.clock_hz)
-            if reader.start_time < reader.end_time:
+            if reader.message_count:  # sim-time nodes get a time before the first message
                 player.publish_clock(reader.start_time)
             missing = player.wait_for_subscribers(args.wait_for_subscribers)
             if missing:

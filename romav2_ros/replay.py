@@ -217,17 +217,20 @@ class Progress:
     def __init__(self, total: int, interval: float = 0.5):
         self.total, self.interval = total, interval
         self.started = self.last = time.monotonic()
+        self.shown = None
         self.tty = sys.stderr.isatty()
 
     def update(self, done: int, processed: int, final: bool = False) -> None:
         now = time.monotonic()
-        if not final and now - self.last < (0.1 if self.tty else self.interval):
+        if (done, processed) == self.shown or \
+                not final and now - self.last < (0.1 if self.tty else self.interval):
             return
-        self.last = now
+        self.last, self.shown = now, (done, processed)
         rate = done / max(now - self.started, 1e-9)
         eta = f'{(self.total - done) / rate:.0f} s' if rate > 0 and done < self.total else '-'
+        speed = f'{rate:.2f} frames/s' if rate >= 0.1 or rate == 0 else f'{1 / rate:.1f} s/frame'
         line = (f'romav2-replay: {done}/{self.total} frames ({processed} processed), '
-                f'{rate:.2f} frames/s, ETA {eta}')
+                f'{speed}, ETA {eta}')
         end = '\n' if final or not self.tty else ''
         print(('\r' if self.tty else '') + line, end=end, file=sys.stderr, flush=True)
 

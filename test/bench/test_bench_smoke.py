@@ -1,0 +1,74 @@
+"""Each benchmark script and the evaluation run end to end at the smallest size (``--smoke``).
+
+Subprocesses, as a user runs them; only the JSON keys (and the self-check) are checked. The
+numbers are timings of seeded random weights on whatever machine runs the tests.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def run(script: str, *args: str, timeout: float = 600) -> dict:
+    out = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=timeout, check=False)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.stderr.strip(), 'no one-line summary on stderr'
+    return json.loads(out.stdout)
+
+
+def test_bench_stream_smoke():
+    r = run('bench/bench_stream.py', '--smoke')
+    assert r['benchmark'] == 'stream'
+    for side in ('ours', 'official'):
+        assert r[side]['frames'] == 1 and r[side]['frames_per_second'] > 0
+        assert (r[side]['H'], r[side]['W']) == (64, 96)
+    assert r['frames_per_second_ratio_ours_over_official'] > 0
+    assert {'machine', 'setting', 'device', 'weights'} <= set(r)
+
+
+def test_bench_scaling_smoke(tmp_path):
+    r = run('bench/bench_scaling.py', '--smoke', '--out-dir', str(tmp_path))
+    assert r['benchmark'] == 'scaling'
+    [row] = r['rows']
+    assert row['size'] == 64 and row['seconds_per_pair'] > 0 and row['peak_memory_mb'] > 0
+    md = (tmp_path / 'scaling.md').read_text()
+    assert '| 64 |' in md and r['machine']['platform'] in md
+    if r['plot'] is not None:
+        assert (tmp_path / 'scaling.png').stat().st_size > 0
+
+
+@pytest.mark.ros
+def test_bench_node_smoke(ros_env_guard):
+    r = run('bench/bench_node.py', '--smoke')
+    assert r['benchmark'] == 'node_overhead'
+    assert len(r['node']['latencies_s']) == 1 and r['node']['median_latency_s'] > 0
+    assert r['raw_model']['median_model_s'] > 0
+    assert {'overhead_ms', 'overhead_fraction_of_latency', 'transport'} <= set(r)
+
+
+def test_bench_node_refuses_without_loopback_env():
+    env = {k: v for k, v in __import__('os').environ.items()
+           if k not in ('ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID')}
+    out = subprocess.run([sys.executable, str(ROOT / 'bench/bench_node.py'), '--smoke'],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and 'unshare --net' in out.stderr
+
+
+def test_run_eval_random_weights_smoke():
+    r = run('eval/run_eval.py', '--random-weights', '--smoke')
+    assert r['self_check']['passed'], r['self_check']['checks']
+    assert 'MEANINGLESS' in r['warning'] and r['weights'].startswith('RANDOM')
+    assert 'official' in r['methods_skipped']
+    for name, n in r['datasets_run'].items():
+        assert n == 1 and 'ours' in r['results'][name]
+    assert 'motorcycle' in r['datasets_run']  # scikit-image is a base requirement
+    moto = r['results']['motorcycle']
+    assert {'dense', 'pose', 'seconds_per_pair'} <= set(moto['ours'])
+    assert 'sgbm' in moto and moto['sgbm']['dense']['epe_mean'] < 2.0  # a real baseline
+    assert set(r['datasets_skipped']) | set(r['datasets_run']) == {'motorcycle', 'chessboard'}
