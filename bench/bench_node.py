@@ -8,7 +8,9 @@ sent one at a time (the next after the previous one's outputs), so nothing is dr
 After the node has stopped, the same pair is matched ``--pairs`` times in this process with
 ``RoMaV2.match`` (the raw model time). Overhead = median latency - median raw model time, in ms
 and as a fraction of the latency. The node's own ``latency_model_ms_mean`` (from
-/diagnostics) is reported too: it is the model time inside the node, with the node's threads.
+/diagnostics) is reported too, with ``overhead_vs_node_model_ms`` = latency - that: the model
+time inside the node, measured at the same moment (robust to a machine whose load changes).
+The node's mean covers every pair it processed, the warm-up pairs included.
 
 DDS must stay on this machine: the script refuses to run unless
 ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a non-default ROS_DOMAIN_ID are set, and should run
@@ -216,6 +218,12 @@ def main() -> None:
               'node': node, 'raw_model': raw,
               'overhead_ms': overhead * 1e3,
               'overhead_fraction_of_latency': overhead / node['median_latency_s']}
+    if node['node_latency_model_ms_mean'] is not None:
+        # the same difference with the model time the node measured itself (same process
+        # and moment as the latency; robust to load changes between the two measurements)
+        own = node['median_latency_s'] * 1e3 - node['node_latency_model_ms_mean']
+        result['overhead_vs_node_model_ms'] = own
+        result['overhead_vs_node_model_fraction'] = own / (node['median_latency_s'] * 1e3)
     common.report(result, f'node {args.setting} model {args.size[0]}x{args.size[1]}, images '
                           f'{args.image_size[0]}x{args.image_size[1]} on {args.device}: '
                           f'end-to-end {node["median_latency_s"] * 1e3:.0f} ms, raw model '

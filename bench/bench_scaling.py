@@ -67,6 +67,9 @@ def write_markdown(result: dict, path: Path) -> None:
         lines.append(f'| {r["size"]} | {r["seconds_per_pair"]:.3f} | '
                      f'{r["pairs_per_second"]:.3f} | {r["peak_memory_mb"]:.0f} | '
                      f'{r["rss_after_build_mb"]:.0f} |')
+    if result.get('pending'):
+        lines += ['', 'Still running when this file was written: '
+                  + ', '.join(map(str, result['pending']))]
     if result.get('not_measured'):
         lines += ['', 'Not measured in this run: ' + ', '.join(map(str, result['not_measured']))
                   + ' (choose them with `--sizes`; on a 2-core CPU each takes minutes).']
@@ -124,20 +127,22 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     base = ['--setting', args.setting, '--device', args.device, '--repeats', str(args.repeats),
             '--warmup', str(args.warmup)] + (['--bidirectional'] if args.bidirectional else [])
-    rows = [common.run_side(Path(__file__), [*base, '--side-size', str(s)])
-            for s in args.sizes]
     result = {'benchmark': 'scaling', 'command': ' '.join(['bench/bench_scaling.py',
                                                            *sys.argv[1:]]),
               'machine': common.machine(), 'setting': args.setting, 'device': args.device,
               'bidirectional': args.bidirectional, 'repeats': args.repeats,
               'warmup': args.warmup,
-              'weights': 'seeded random (timing only; no accuracy meaning)', 'rows': rows,
+              'weights': 'seeded random (timing only; no accuracy meaning)', 'rows': [],
               'not_measured': [s for s in DEFAULT_SIZES if s not in args.sizes],
               'note': args.note}
     md, png = out_dir / 'scaling.md', out_dir / 'scaling.png'
-    write_markdown(result, md)
+    for size in args.sizes:  # the table and plot are rewritten after every size
+        result['rows'].append(common.run_side(Path(__file__), [*base, '--side-size', str(size)]))
+        result['pending'] = args.sizes[len(result['rows']):]
+        write_markdown(result, md)
+        result['plot'] = str(png) if write_plot(result, png) else None
     result['markdown'] = str(md)
-    result['plot'] = str(png) if write_plot(result, png) else None
+    rows = result['rows']
     common.report(result, f'scaling on {args.device}: ' + ', '.join(
         f'{r["size"]}px {r["seconds_per_pair"]:.2f} s {r["peak_memory_mb"]:.0f} MiB'
         for r in rows) + f' -> {md}')

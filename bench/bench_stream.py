@@ -13,7 +13,7 @@ encode is not timed (the stream's start, nothing to match yet).
 
     .venv/bin/python bench/bench_stream.py --setting turbo --frames 8
     .venv/bin/python bench/bench_stream.py --setting base --device cuda --frames 50
-    .venv/bin/python bench/bench_stream.py --smoke      # CI: turbo at 64x96, 1 frame, no warm-up pair
+    .venv/bin/python bench/bench_stream.py --smoke   # CI: turbo 64x96, 1 frame, no warm-up
 """
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def main() -> None:
     p.add_argument('--warmup-pairs', type=int, default=1, help='untimed pairs first')
     p.add_argument('--bidirectional', action='store_true')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--smoke', action='store_true', help='tiny case for CI (64x96, 1 frame, no warm-up)')
+    p.add_argument('--smoke', action='store_true', help='CI: 64x96, 1 frame, no warm-up')
     p.add_argument('--side', choices=['ours', 'official'], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.smoke:

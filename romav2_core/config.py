@@ -37,6 +37,11 @@ SETTINGS: dict[str, dict] = {
 #: Names accepted by ``amp_dtype``.
 AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
+#: Precision policies (the node's ``precision`` parameter): the official mixed precision with
+#: bf16 or fp16 autocast, all-fp32, or ``auto`` = bf16 where the device has native bf16 math
+#: (the official policy) and fp32 elsewhere (faster there: bf16 is emulated on AVX2 CPUs).
+PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
+
 #: Implementations of the refiners' local correlation (see ``local_correlation.py``).
 LOCAL_CORR_IMPLS = ('auto', 'cuda', 'torch')
 
@@ -116,6 +121,17 @@ class RoMaV2Config:
         if (self.H_hr is None) != (self.W_hr is None):
             raise ValueError(f'H_hr={self.H_hr} and W_hr={self.W_hr}: set both or neither')
         return self.H_hr is not None
+
+    def with_precision(self, precision: str, device='cpu') -> 'RoMaV2Config':
+        """This config under one of ``PRECISIONS`` for ``device``."""
+        from romav2_core.precision import fast_bf16
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision={precision!r}: one of {PRECISIONS}')
+        if precision == 'auto':
+            precision = 'bf16' if fast_bf16(device) else 'fp32'
+        if precision == 'fp32':
+            return self.all_fp32()
+        return self.replace(amp_dtype=precision)
 
     def all_fp32(self) -> 'RoMaV2Config':
         """This config with every autocast region and the bf16 mv-ViT RoPE switched off."""

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from romav2_core.config import AMP_DTYPES, LOCAL_CORR_IMPLS, SETTINGS, RoMaV2Config
+from romav2_core.config import LOCAL_CORR_IMPLS, PRECISIONS, SETTINGS, RoMaV2Config
 from romav2_ros.pipeline import OUTPUTS, PipelineConfig
 
 QOS_CHOICES = ('sensor_data', 'reliable', 'system_default')
@@ -46,8 +46,9 @@ PARAMS: tuple[Param, ...] = (
                      '-1 = no high-resolution pass', range=(-1, 4096), units='px'),
     Param('bidirectional', 'preset', 'also predict B -> A (costs time; not published)',
           choices=('preset', 'true', 'false')),
-    Param('amp_dtype', 'bf16', 'autocast dtype of the mixed-precision regions',
-          choices=tuple(AMP_DTYPES)),
+    Param('precision', 'auto', 'bf16 / fp16: the official mixed precision with that autocast '
+                               'dtype; fp32: all fp32; auto: bf16 where the device has native '
+                               'bf16 math, else fp32', choices=PRECISIONS),
     Param('local_corr', 'auto', 'refiner local correlation implementation',
           choices=LOCAL_CORR_IMPLS),
     Param('device', 'auto', 'torch device: auto (cuda if available), cpu, cuda, cuda:N'),
@@ -157,8 +158,9 @@ def model_config(values: dict) -> RoMaV2Config:
         overrides.update({k: v for k, v in zip(('H_hr', 'W_hr'), hr) if v > 0})
     if values['bidirectional'] != 'preset':
         overrides['bidirectional'] = values['bidirectional'] == 'true'
-    return RoMaV2Config.from_setting(values['setting'], amp_dtype=values['amp_dtype'],
-                                     local_corr=values['local_corr'], **overrides)
+    cfg = RoMaV2Config.from_setting(values['setting'], local_corr=values['local_corr'],
+                                    **overrides)
+    return cfg.with_precision(values['precision'], resolve_device(values['device']))
 
 
 def pipeline_config(values: dict) -> PipelineConfig:

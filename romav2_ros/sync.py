@@ -95,6 +95,8 @@ except ImportError:
                 queue[stamp] = msg
                 while len(queue) > self.queue_size:
                     del queue[min(queue)]
+                if stamp not in queue:  # older than a full queue: dropped at once
+                    return
                 # For each other input, its stamps within slop of the new one, nearest first.
                 candidates = []
                 for q in self.queues:

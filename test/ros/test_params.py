@@ -39,9 +39,22 @@ def test_model_config_mapping():
     cfg = params.model_config(DEFAULTS)
     assert (cfg.setting, cfg.H_lr, cfg.H_hr, cfg.bidirectional) == ('precise', 800, 1280, True)
     cfg = params.model_config({**DEFAULTS, 'setting': 'fast', 'H_lr': 384, 'W_lr': 512,
-                               'bidirectional': 'true', 'amp_dtype': 'fp16'})
+                               'bidirectional': 'true', 'precision': 'fp16'})
     assert (cfg.H_lr, cfg.W_lr, cfg.bidirectional, cfg.amp_dtype) == (384, 512, True, 'fp16')
     assert params.model_config({**DEFAULTS, 'H_hr': -1, 'W_hr': -1}).H_hr is None
+
+
+def test_precision_mapping(monkeypatch):
+    from romav2_core import precision
+    fp32 = params.model_config({**DEFAULTS, 'device': 'cpu', 'precision': 'fp32'})
+    assert not (fp32.backbone_amp or fp32.matcher_amp or fp32.dpt_amp or fp32.refiner_amp)
+    # auto: the official bf16 policy only where bf16 is native, fp32 where it is emulated.
+    monkeypatch.setattr(precision, 'fast_bf16', lambda device: True)
+    auto = params.model_config({**DEFAULTS, 'device': 'cpu', 'precision': 'auto'})
+    assert auto.backbone_amp and auto.amp_dtype == 'bf16'
+    monkeypatch.setattr(precision, 'fast_bf16', lambda device: False)
+    auto = params.model_config({**DEFAULTS, 'device': 'cpu', 'precision': 'auto'})
+    assert auto == auto.all_fp32()
 
 
 def test_pipeline_config_mapping():
