@@ -25,6 +25,12 @@ def measure(args) -> dict:
     overrides = {}
     if args.size:
         overrides.update(H_lr=args.size[0], W_lr=args.size[1])
+    if args.side == 'ours' and args.precision != 'official':
+        from romav2_core.config import RoMaV2Config
+        policy = RoMaV2Config().with_precision(args.precision, args.device)
+        overrides.update({k: getattr(policy, k) for k in (
+            'amp_dtype', 'backbone_amp', 'matcher_amp', 'dpt_amp', 'refiner_amp',
+            'vgg_amp_on_cuda', 'mv_rope_bf16')})
     model = common.build(args.side, args.setting, args.device, **overrides)
     model.bidirectional = args.bidirectional
     H, W = model.H_lr, model.W_lr
@@ -47,6 +53,11 @@ def main() -> None:
     p.add_argument('--bidirectional', action='store_true')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--precision', default='official', choices=['official', 'auto', 'fp32'],
+                   help='our side\'s precision policy; "official" = the same bf16 policy as '
+                        'the official side (a like-for-like comparison); "auto" = the node\'s '
+                        'default (fp32 where bf16 is emulated). The official side always runs '
+                        'its own policy')
     p.add_argument('--smoke', action='store_true', help='tiny case for CI (64x96, 1 repeat)')
     p.add_argument('--side', choices=['ours', 'official'], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -68,6 +79,7 @@ def main() -> None:
                                                                   *sys.argv[1:]]),
               'machine': common.machine(), 'setting': args.setting, 'batch': args.batch,
               'bidirectional': args.bidirectional, 'device': args.device,
+              'our_precision': args.precision,
               'weights': 'seeded random (timing only; no accuracy meaning)',
               'official': sides['official'], 'ours': sides['ours'],
               'throughput_ratio_ours_over_official': ratio_speed,

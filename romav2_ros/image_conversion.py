@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-try:  # a ROS install's cv_bridge (NumPy-2 builds only; see docs/node.md)
+try:  # a ROS install's cv_bridge (NumPy-2 builds only; see README.md (section "The node"))
     from cv_bridge import CvBridge as _CvBridge
     _BRIDGE = _CvBridge()
 except ImportError:  # pragma: no cover - depends on the installation

@@ -16,7 +16,7 @@ Faults never end the worker: CUDA out-of-memory drops that pair (counted as ``oo
 cache is emptied) and any other exception is logged with its traceback and counted
 (``worker_errors``, ``bad_input.internal_error``); both restart a sequence.
 
-Topics, parameters and conventions: docs/node.md.
+Topics, parameters and conventions: README.md (section "The node").
 """
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from romav2_core.config import LOCAL_CORR_IMPLS, PRECISIONS, SETTINGS, RoMaV2Config
+from romav2_ros.image_conversion import MAX_IMAGE_PIXELS
 from romav2_ros.pipeline import OUTPUTS, PipelineConfig
 
 QOS_CHOICES = ('sensor_data', 'reliable', 'system_default')
@@ -74,6 +75,9 @@ PARAMS: tuple[Param, ...] = (
     Param('certainty_threshold', 0.05, 'below it warp/covariance/disparity are NaN and '
                                        'pixels are not sampled', runtime=True,
           range=(0.0, 1.0)),
+    Param('max_image_pixels', MAX_IMAGE_PIXELS, 'larger input images are refused '
+                                                '(bad_input.too_large)', range=(1, 2 ** 31 - 1),
+          units='px'),
     Param('num_samples', 2000, 'matches sampled for ~/matches and the pose', runtime=True,
           range=(8, 100000)),
     Param('ransac_threshold_px', 1.0, 'essential-matrix inlier threshold', runtime=True,

@@ -60,7 +60,7 @@ def node_parameters(args) -> dict:
         name, sep, text = item.partition(':=')
         if not sep or name not in params.BY_NAME:
             raise ValueError(f'-p {item!r}: expected NAME:=VALUE with a node parameter name '
-                             f'(docs/node.md)')
+                             f'(README.md (section "The node"))')
         values[name] = _parse_value(name, text)
     shortcuts = {'mode': args.mode, 'setting': args.setting, 'weights': args.weights,
                  'device': args.device}
@@ -80,7 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         prog='romav2-replay',
         description='Run romav2_node\'s processing over a recorded rosbag2, offline, into a '
                     'new rosbag2 (outputs on the topics the node publishes).',
-        epilog='Any node parameter can be set with -p NAME:=VALUE (docs/node.md), e.g. '
+        epilog='Any node parameter can be set with -p NAME:=VALUE (README.md (section "The node")), e.g. '
                '-p certainty_threshold:=0.2 -p approximate_sync:=true.')
     parser.add_argument('in_bag', type=Path, help='input rosbag2 folder (mcap or sqlite3)')
     parser.add_argument('out_bag', type=Path, help='output rosbag2 folder (must not exist)')

@@ -17,6 +17,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 import fault_matchers as fm
 from node_harness import NodeProcess, Tester
+from romav2_interfaces.msg import SampledMatches
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.usefixtures('ros_env_guard')]
 
@@ -123,10 +124,8 @@ def test_mixed_stream_counts_outputs_missing_info_and_sigterm(tester, tmp_path):
         qos = tester.reliable(50)
         pubs = [tester.publisher(Image if 'image' in tp else CameraInfo, '/' + tp, qos)
                 for tp in STEREO]
-        for key in ('warp', 'matches'):
-            tester.record(Image if key == 'warp' else __import__(
-                'romav2_interfaces.msg', fromlist=['SampledMatches']).SampledMatches,
-                f'/romav2_node/{key}', key)
+        tester.record(Image, '/romav2_node/warp', 'warp')
+        tester.record(SampledMatches, '/romav2_node/matches', 'matches')
         tester.record_diagnostics()
         tester.spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs), 60,
                           'the node')

@@ -58,7 +58,9 @@ def test_precision_mapping(monkeypatch):
 
 
 def test_pipeline_config_mapping():
-    cfg = params.pipeline_config({**DEFAULTS, 'mode': 'sequential', 'num_samples': 123})
+    cfg = params.pipeline_config({**DEFAULTS, 'mode': 'sequential', 'num_samples': 123,
+                                  'max_image_pixels': 640 * 480})
+    assert cfg.max_image_pixels == 640 * 480
     assert (cfg.mode, cfg.num_samples, cfg.certainty_threshold) == ('sequential', 123, 0.05)
     assert cfg.seed == DEFAULTS['random_seed']
 
