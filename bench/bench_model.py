@@ -11,6 +11,7 @@ sides and the ratios (ours / official); the headline is the throughput ratio.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import official_oracle  # noqa: E402  (on sys.path through common)
 
 
 def measure(args) -> dict:
@@ -25,13 +27,11 @@ def measure(args) -> dict:
     overrides = {}
     if args.size:
         overrides.update(H_lr=args.size[0], W_lr=args.size[1])
-    if args.side == 'ours' and args.precision != 'official':
-        from romav2_core.config import RoMaV2Config
-        policy = RoMaV2Config().with_precision(args.precision, args.device)
-        overrides.update({k: getattr(policy, k) for k in (
-            'amp_dtype', 'backbone_amp', 'matcher_amp', 'dpt_amp', 'refiner_amp',
-            'vgg_amp_on_cuda', 'mv_rope_bf16')})
-    model = common.build(args.side, args.setting, args.device, **overrides)
+    if args.side == 'ours':
+        overrides.update(common.precision_overrides(args.precision, args.device))
+    like_for_like_fp32 = args.side == 'official' and args.precision == 'fp32'
+    model = common.build(args.side, args.setting, args.device,
+                         official_fp32=like_for_like_fp32, **overrides)
     model.bidirectional = args.bidirectional
     H, W = model.H_lr, model.W_lr
     g = torch.Generator().manual_seed(1)
@@ -39,7 +39,9 @@ def measure(args) -> dict:
     img_B = torch.rand(args.batch, 3, H, W, generator=g).to(args.device)
     if args.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
-    times = common.timed(lambda: model(img_A, img_B), args.device, args.repeats)
+    with official_oracle.no_autocast() if like_for_like_fp32 else contextlib.nullcontext():
+        times = common.timed(lambda: model(img_A, img_B), args.device, args.repeats,
+                             warmup=args.warmup)
     return {'side': args.side, 'seconds_per_batch': common.median(times), 'all_seconds': times,
             'pairs_per_second': args.batch / common.median(times),
             'peak_memory_mb': common.peak_memory_mb(args.device), 'H': H, 'W': W}
@@ -53,11 +55,12 @@ def main() -> None:
     p.add_argument('--bidirectional', action='store_true')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--warmup', type=int, default=1, help='untimed calls before timing')
     p.add_argument('--precision', default='official', choices=['official', 'auto', 'fp32'],
-                   help='our side\'s precision policy; "official" = the same bf16 policy as '
-                        'the official side (a like-for-like comparison); "auto" = the node\'s '
-                        'default (fp32 where bf16 is emulated). The official side always runs '
-                        'its own policy')
+                   help='"official": both sides under the official bf16 policy; "fp32": both '
+                        'sides all-fp32 (the official with its amp flags off and autocast '
+                        'disabled); "auto": ours under the node\'s default (fp32 where bf16 is '
+                        'emulated) against the official as shipped')
     p.add_argument('--smoke', action='store_true', help='tiny case for CI (64x96, 1 repeat)')
     p.add_argument('--side', choices=['ours', 'official'], help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -32,7 +32,8 @@ DEFAULT_SIZES = [320, 512, 640, 800, 1280]
 def measure(args) -> dict:
     size = args.side_size
     model = common.build('ours', args.setting, args.device, H_lr=size, W_lr=size,
-                         H_hr=None, W_hr=None)
+                         H_hr=None, W_hr=None,
+                         **common.precision_overrides(args.precision, args.device))
     model.bidirectional = args.bidirectional
     rss_build = common.peak_memory_mb('cpu')
     g = torch.Generator().manual_seed(1)
@@ -110,6 +111,8 @@ def main() -> None:
     p.add_argument('--bidirectional', action='store_true')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--repeats', type=int, default=2)
+    p.add_argument('--precision', default='auto', choices=['official', 'auto', 'fp32', 'bf16'],
+                   help='precision policy (default auto: the node\'s default)')
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--out-dir', type=Path, help='where scaling.md / scaling.png go '
                                                 '(default docs/; --smoke: a temp folder)')
@@ -126,11 +129,13 @@ def main() -> None:
                                else common.ROOT / 'docs')
     out_dir.mkdir(parents=True, exist_ok=True)
     base = ['--setting', args.setting, '--device', args.device, '--repeats', str(args.repeats),
-            '--warmup', str(args.warmup)] + (['--bidirectional'] if args.bidirectional else [])
+            '--warmup', str(args.warmup), '--precision', args.precision] + \
+        (['--bidirectional'] if args.bidirectional else [])
     result = {'benchmark': 'scaling', 'command': ' '.join(['bench/bench_scaling.py',
                                                            *sys.argv[1:]]),
               'machine': common.machine(), 'setting': args.setting, 'device': args.device,
               'bidirectional': args.bidirectional, 'repeats': args.repeats,
+              'precision': args.precision,
               'warmup': args.warmup,
               'weights': 'seeded random (timing only; no accuracy meaning)', 'rows': [],
               'not_measured': [s for s in DEFAULT_SIZES if s not in args.sizes],

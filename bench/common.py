@@ -39,19 +39,37 @@ def machine() -> dict:
     return info
 
 
-def build(side: str, setting: str, device: str, seed: int = 0, **overrides):
-    """Our RoMaV2 or the official one, with the same seeded random weights."""
+PRECISION_FIELDS = ('amp_dtype', 'backbone_amp', 'matcher_amp', 'dpt_amp', 'refiner_amp',
+                    'vgg_amp_on_cuda', 'mv_rope_bf16')
+
+
+def precision_overrides(precision: str, device: str) -> dict:
+    """Config fields of our side for a ``--precision`` choice: 'official' = the official bf16
+    policy (like for like with the official side), else one of ``config.PRECISIONS``."""
+    if precision == 'official':
+        return {}
+    from romav2_core.config import RoMaV2Config
+    policy = RoMaV2Config().with_precision(precision, device)
+    return {k: getattr(policy, k) for k in PRECISION_FIELDS}
+
+
+def build(side: str, setting: str, device: str, seed: int = 0, official_fp32: bool = False,
+          **overrides):
+    """Our RoMaV2 or the official one, with the same seeded random weights (``official_fp32``:
+    the official DINOv3/matcher amp off; run its forward under ``official_oracle.no_autocast``
+    for an all-fp32 official model)."""
     from romav2_core.model import RoMaV2
     ours = RoMaV2.from_random(seed=seed, setting=setting, device=device, **overrides)
     if side == 'ours':
         return ours
-    from official_oracle import build_official_model
+    from official_oracle import build_official_model, fp32_cfg_overrides
     from romav2_core.dinov3 import DINOv3ViTL16
 
     class Backbone(DINOv3ViTL16):  # the official wrapper patches type(backbone).forward
         pass
 
-    official = build_official_model(Backbone, setting=setting)
+    official = build_official_model(Backbone, setting=setting,
+                                    cfg_overrides=fp32_cfg_overrides() if official_fp32 else None)
     torch.nn.Module.load_state_dict(official, ours.state_dict(), strict=True)
     for key in ('H_lr', 'W_lr', 'H_hr', 'W_hr', 'bidirectional'):
         setattr(official, key, getattr(ours, key))

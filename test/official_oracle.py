@@ -69,6 +69,21 @@ def _official_construction(backbone_factory):
         yield romav2
 
 
+@contextlib.contextmanager
+def no_autocast():
+    """The official code has hard-coded autocast regions; a no-op makes it all-fp32 (together
+    with ``fp32_cfg_overrides``; the mv-ViT RoPE stays bf16, as the official computes it)."""
+    with mock.patch.object(torch, 'autocast', lambda *a, **k: contextlib.nullcontext()):
+        yield
+
+
+def fp32_cfg_overrides() -> dict:
+    """``RoMaV2.Cfg`` overrides that switch the official DINOv3 and matcher amp off."""
+    romav2 = import_official()
+    return dict(descriptor=romav2.features.Descriptor.Cfg(enable_amp=False),
+                matcher=romav2.matcher.Matcher.Cfg(enable_amp=False))
+
+
 def build_official_model(backbone_factory, setting: str = 'base', cfg_overrides=None):
     """Build the official ``RoMaV2`` with ``backbone_factory()`` as its DINOv3 (no download).
 

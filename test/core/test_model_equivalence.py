@@ -9,12 +9,11 @@ and the final outputs. Resolutions are small (a 4 x 6 token grid) to keep CPU ti
 from __future__ import annotations
 
 import contextlib
-from unittest import mock
 
 import pytest
 import torch
 
-from official_oracle import build_official_model, import_official
+from official_oracle import build_official_model, fp32_cfg_overrides, no_autocast
 from random_weights import spread_state_dict
 from romav2_core.dinov3 import DINOv3ViTL16
 from romav2_core.model import RoMaV2
@@ -41,13 +40,6 @@ class _InjectedBackbone(DINOv3ViTL16):
     """Throw-away subclass: the official wrapper monkeypatches ``type(backbone).forward``."""
 
 
-@contextlib.contextmanager
-def _no_autocast():
-    """The official code has hard-coded autocast regions; a no-op makes it all-fp32."""
-    with mock.patch.object(torch, 'autocast', lambda *a, **k: contextlib.nullcontext()):
-        yield
-
-
 @pytest.fixture(scope='module')
 def weights():
     with torch.random.fork_rng():
@@ -57,10 +49,8 @@ def weights():
 
 
 def _pair(mode, weights):
-    romav2 = import_official()
     if mode == 'fp32':
-        overrides = dict(descriptor=romav2.features.Descriptor.Cfg(enable_amp=False),
-                         matcher=romav2.matcher.Matcher.Cfg(enable_amp=False))
+        overrides = fp32_cfg_overrides()
         ours = RoMaV2.from_random(setting='base', dtype=torch.float32, mv_rope_bf16=True)
     else:
         overrides = {}
@@ -99,7 +89,7 @@ def _run(mode, model, args, backbone):
     mv_vit = model.matcher.mv_vit
     hooks.append(mv_vit.register_forward_hook(lambda m, i, o: mv.append(o)))
     try:
-        ctx = _no_autocast() if (mode == 'fp32' and not isinstance(model, RoMaV2)) \
+        ctx = no_autocast() if (mode == 'fp32' and not isinstance(model, RoMaV2)) \
             else contextlib.nullcontext()
         with ctx:
             preds = model(*args)
@@ -179,7 +169,7 @@ def test_match_matches_official(models):
         m.threshold = 0.7
     g = torch.Generator().manual_seed(11)
     img_A, img_B = torch.rand(1, 3, 50, 70, generator=g), torch.rand(1, 3, 50, 70, generator=g)
-    ctx = _no_autocast() if mode == 'fp32' else contextlib.nullcontext()
+    ctx = no_autocast() if mode == 'fp32' else contextlib.nullcontext()
     with ctx:
         ref = official.match(img_A, img_B)
     out = ours.match(img_A, img_B)
