@@ -60,7 +60,9 @@ def write_markdown(result: dict, path: Path) -> None:
              + (f', GPU {m["gpu"]}' if 'gpu' in m else ''),
              f'- device: `{result["device"]}`; setting `{result["setting"]}` with '
              f'H_lr = W_lr = size, no HR pass, bidirectional {result["bidirectional"]}; '
-             f'batch 1; median of {result["repeats"]} after {result["warmup"]} warm-up',
+             f'batch 1; median of {result["repeats"]} after {result["warmup"]} warm-up; '
+             f'precision `{result.get("precision", "official")}` (auto = fp32 where the device '
+             f'has no native bf16, as on this CPU)',
              f'- weights: {result["weights"]}', '',
              f'| size (H_lr = W_lr) | s / pair | pairs / s | {mem_kind} | after build (MiB) |',
              '|---|---|---|---|---|']
