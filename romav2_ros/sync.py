@@ -19,8 +19,8 @@ import itertools
 import threading
 
 try:  # pragma: no cover - only on a ROS install
-    from message_filters import (ApproximateTimeSynchronizer, Subscriber,  # noqa: F401
-                                 TimeSynchronizer as ExactTimeSynchronizer)
+    from message_filters import (ApproximateTimeSynchronizer, SimpleFilter,  # noqa: F401
+                                 Subscriber, TimeSynchronizer as ExactTimeSynchronizer)
 except ImportError:
 
     def _stamp_ns(msg) -> int:
@@ -66,12 +66,17 @@ except ImportError:
             for i, f in enumerate(fs):
                 f.registerCallback(self.add, self.queues[i])
 
-        def add(self, msg, queue):
+        def _enqueue(self, msg, queue) -> int:
+            """Store ``msg`` by stamp, dropping the oldest beyond ``queue_size`` (lock held)."""
             stamp = _stamp_ns(msg)
+            queue[stamp] = msg
+            while len(queue) > self.queue_size:
+                del queue[min(queue)]
+            return stamp
+
+        def add(self, msg, queue):
             with self.lock:
-                queue[stamp] = msg
-                while len(queue) > self.queue_size:
-                    del queue[min(queue)]
+                stamp = self._enqueue(msg, queue)
                 if not all(stamp in q for q in self.queues):
                     return
                 msgs = [q[stamp] for q in self.queues]
@@ -90,11 +95,8 @@ except ImportError:
             self.slop_ns = int(round(float(slop) * 1e9))
 
         def add(self, msg, queue):
-            stamp = _stamp_ns(msg)
             with self.lock:
-                queue[stamp] = msg
-                while len(queue) > self.queue_size:
-                    del queue[min(queue)]
+                stamp = self._enqueue(msg, queue)
                 if stamp not in queue:  # older than a full queue: dropped at once
                     return
                 # For each other input, its stamps within slop of the new one, nearest first.

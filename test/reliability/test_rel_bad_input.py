@@ -11,7 +11,7 @@ import fault_matchers as fm
 from inprocess_node import InProcessNode
 from romav2_ros import image_conversion
 from romav2_ros.image_conversion import MAX_IMAGE_PIXELS, imgmsg_to_numpy
-from romav2_ros.sync import ExactTimeSynchronizer
+from romav2_ros.sync import ExactTimeSynchronizer, SimpleFilter
 
 WANTED = ('warp', 'certainty', 'matches', 'relative_pose')
 
@@ -161,33 +161,21 @@ def test_nan_pixels_in_float_images_are_processed():
     assert np.isfinite(certainty).all()
 
 
-class Source:
-    def __init__(self):
-        self.callbacks = []
-
-    def registerCallback(self, cb, *args):  # noqa: N802
-        self.callbacks.append((cb, args))
-
-    def feed(self, msg):
-        for cb, args in self.callbacks:
-            cb(msg, *args)
-
-
 def test_late_camera_info_is_paired_by_the_synchroniser():
     """camera_info arriving 3 frames after its image (within sync_queue_size) still pairs."""
     node = InProcessNode('sequential', wanted=('warp',)).build()
-    image, info = Source(), Source()
+    image, info = SimpleFilter(), SimpleFilter()
     sync = ExactTimeSynchronizer([image, info], queue_size=10)
     pairs = []
     sync.registerCallback(lambda *m: pairs.append(m))
     for k in range(12):
-        image.feed(fm.image(k, t(k), 'cam'))
+        image.signalMessage(fm.image(k, t(k), 'cam'))
         if k >= 3:
-            info.feed(fm.camera_info('cam', t(k - 3)))
+            info.signalMessage(fm.camera_info('cam', t(k - 3)))
         while pairs:
             node.feed(*pairs.pop(0))
     for k in range(9, 12):
-        info.feed(fm.camera_info('cam', t(k)))
+        info.signalMessage(fm.camera_info('cam', t(k)))
         while pairs:
             node.feed(*pairs.pop(0))
     assert [m.header.stamp for m in node.outputs('warp')] == [t(k) for k in range(1, 12)]

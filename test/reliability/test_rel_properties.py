@@ -9,7 +9,7 @@ from sensor_msgs.msg import Image
 
 from romav2_ros.image_conversion import (ENCODINGS, InputError, imgmsg_to_numpy,
                                          numpy_to_imgmsg, to_rgb_float)
-from romav2_ros.sync import ApproximateTimeSynchronizer, ExactTimeSynchronizer
+from romav2_ros.sync import ApproximateTimeSynchronizer, ExactTimeSynchronizer, SimpleFilter
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -85,16 +85,6 @@ def test_any_header_is_decoded_or_refused_with_a_code(encoding, h, w, step, leng
 
 
 # ------------------------------------------------------------------ synchronisers
-class Source:
-    def __init__(self):
-        self.callbacks = []
-
-    def registerCallback(self, cb, *args):  # noqa: N802
-        self.callbacks.append((cb, args))
-
-    def feed(self, msg):
-        for cb, args in self.callbacks:
-            cb(msg, *args)
 
 
 def make_msg(stamp_ns: int, ident: int):
@@ -152,19 +142,19 @@ def arrivals(draw, approximate: bool):
        reentrant=st.booleans())
 def test_exact_sync_pairs_equal_stamps_bounded_queues_no_deadlock(case, queue_size, reentrant):
     n_inputs, order = case
-    sources = [Source() for _ in range(n_inputs)]
+    sources = [SimpleFilter() for _ in range(n_inputs)]
     sync = ExactTimeSynchronizer(sources, queue_size)
     out = []
 
     def callback(*msgs):
         out.append(msgs)
         if reentrant:  # a callback that feeds the synchroniser again must not deadlock
-            sources[0].feed(make_msg(stamp_of(msgs[0]) + 1, -1))
+            sources[0].signalMessage(make_msg(stamp_of(msgs[0]) + 1, -1))
     sync.registerCallback(callback)
 
     def feed_all():
         for ident, (i, stamp) in enumerate(order):
-            sources[i].feed(make_msg(stamp, ident))
+            sources[i].signalMessage(make_msg(stamp, ident))
             assert all(len(q) <= queue_size for q in sync.queues)
     run_with_timeout(feed_all)
     used = set()
@@ -184,14 +174,14 @@ def test_exact_sync_pairs_equal_stamps_bounded_queues_no_deadlock(case, queue_si
        slop_ms=st.sampled_from([0, 5, 20, 50, 150]))
 def test_approximate_sync_never_pairs_across_more_than_slop(case, queue_size, slop_ms):
     n_inputs, order = case
-    sources = [Source() for _ in range(n_inputs)]
+    sources = [SimpleFilter() for _ in range(n_inputs)]
     sync = ApproximateTimeSynchronizer(sources, queue_size, slop_ms / 1000)
     out = []
     sync.registerCallback(lambda *m: out.append(m))
 
     def feed_all():
         for ident, (i, stamp) in enumerate(order):
-            sources[i].feed(make_msg(stamp, ident))
+            sources[i].signalMessage(make_msg(stamp, ident))
             assert all(len(q) <= queue_size for q in sync.queues)
     run_with_timeout(feed_all)
     used = set()
@@ -206,7 +196,7 @@ def test_approximate_sync_never_pairs_across_more_than_slop(case, queue_size, sl
 @settings(max_examples=15, deadline=None)
 @given(n=st.integers(20, 200), queue_size=st.integers(1, 10))
 def test_sync_fed_from_two_threads_does_not_deadlock(n, queue_size):
-    sources = [Source(), Source()]
+    sources = [SimpleFilter(), SimpleFilter()]
     sync = ApproximateTimeSynchronizer(sources, queue_size, 0.01)
     out = []
     sync.registerCallback(lambda *m: out.append(m))
@@ -214,7 +204,7 @@ def test_sync_fed_from_two_threads_does_not_deadlock(n, queue_size):
     def feeder(i):
         def run():
             for k in range(n):
-                sources[i].feed(make_msg(10 ** 9 + k * 10 ** 7, k))
+                sources[i].signalMessage(make_msg(10 ** 9 + k * 10 ** 7, k))
         return run
     threads = [threading.Thread(target=feeder(i), daemon=True) for i in (0, 1)]
     for th in threads:
@@ -230,13 +220,13 @@ def test_sync_fed_from_two_threads_does_not_deadlock(n, queue_size):
 def test_approximate_sync_message_older_than_a_full_queue_is_dropped():
     """Regression (found by the property above): with queue_size 1, a message older than the
     one queued was trimmed at once but still used as a candidate -> KeyError."""
-    a, b = Source(), Source()
+    a, b = SimpleFilter(), SimpleFilter()
     sync = ApproximateTimeSynchronizer([a, b], 1, 0.0)
     out = []
     sync.registerCallback(lambda *m: out.append(m))
-    a.feed(make_msg(1_700_000_000, 0))
-    b.feed(make_msg(1_600_000_000, 1))
-    a.feed(make_msg(1_600_000_000, 2))    # older than the queued 1.7 s: dropped, no KeyError
+    a.signalMessage(make_msg(1_700_000_000, 0))
+    b.signalMessage(make_msg(1_600_000_000, 1))
+    a.signalMessage(make_msg(1_600_000_000, 2))    # older than the queued 1.7 s: dropped, no KeyError
     assert not out and all(len(q) <= 1 for q in sync.queues)
-    b.feed(make_msg(1_700_000_000, 3))
+    b.signalMessage(make_msg(1_700_000_000, 3))
     assert [stamp_of(m) for m in out[0]] == [1_700_000_000, 1_700_000_000]

@@ -2,21 +2,7 @@
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import CameraInfo, Image
 
-from romav2_ros.sync import ApproximateTimeSynchronizer, ExactTimeSynchronizer
-
-
-class Source:
-    """A filter input fed by hand (the part of Subscriber the synchronisers use)."""
-
-    def __init__(self):
-        self.callbacks = []
-
-    def registerCallback(self, cb, *args):  # noqa: N802
-        self.callbacks.append((cb, args))
-
-    def feed(self, msg):
-        for cb, args in self.callbacks:
-            cb(msg, *args)
+from romav2_ros.sync import ApproximateTimeSynchronizer, ExactTimeSynchronizer, SimpleFilter
 
 
 def msg(cls, sec, nanosec=0):
@@ -26,39 +12,39 @@ def msg(cls, sec, nanosec=0):
 
 
 def test_exact_pairs_only_equal_stamps_and_drops_older():
-    a, b, out = Source(), Source(), []
+    a, b, out = SimpleFilter(), SimpleFilter(), []
     ExactTimeSynchronizer([a, b], queue_size=3).registerCallback(lambda *m: out.append(m))
-    a.feed(msg(Image, 1))
-    a.feed(msg(Image, 2))
-    b.feed(msg(CameraInfo, 2))
+    a.signalMessage(msg(Image, 1))
+    a.signalMessage(msg(Image, 2))
+    b.signalMessage(msg(CameraInfo, 2))
     assert len(out) == 1 and out[0][0].header.stamp.sec == 2
-    b.feed(msg(CameraInfo, 1))        # older than the last match: never pairs
+    b.signalMessage(msg(CameraInfo, 1))        # older than the last match: never pairs
     assert len(out) == 1
     for s in range(3, 8):             # queue_size bounds the pending messages
-        a.feed(msg(Image, s))
-    b.feed(msg(CameraInfo, 3))
+        a.signalMessage(msg(Image, s))
+    b.signalMessage(msg(CameraInfo, 3))
     assert len(out) == 1
-    b.feed(msg(CameraInfo, 7))
+    b.signalMessage(msg(CameraInfo, 7))
     assert [m.header.stamp.sec for m in out[-1]] == [7, 7]
 
 
 def test_approximate_pairs_within_slop():
-    a, b, out = Source(), Source(), []
+    a, b, out = SimpleFilter(), SimpleFilter(), []
     ApproximateTimeSynchronizer([a, b], queue_size=5, slop=0.02).registerCallback(
         lambda *m: out.append(m))
-    a.feed(msg(Image, 1, 0))
-    b.feed(msg(Image, 1, 50_000_000))      # 50 ms: too far
+    a.signalMessage(msg(Image, 1, 0))
+    b.signalMessage(msg(Image, 1, 50_000_000))      # 50 ms: too far
     assert not out
-    a.feed(msg(Image, 1, 40_000_000))      # 10 ms from b
+    a.signalMessage(msg(Image, 1, 40_000_000))      # 10 ms from b
     assert len(out) == 1
     assert [m.header.stamp.nanosec for m in out[0]] == [40_000_000, 50_000_000]
 
 
 def test_four_inputs_stereo_order_preserved():
-    srcs, out = [Source() for _ in range(4)], []
+    srcs, out = [SimpleFilter() for _ in range(4)], []
     ExactTimeSynchronizer(srcs, 10).registerCallback(lambda *m: out.append(m))
     for i, s in enumerate(srcs):
         m = msg(Image, 5)
         m.header.frame_id = str(i)
-        s.feed(m)
+        s.signalMessage(m)
     assert [m.header.frame_id for m in out[0]] == ['0', '1', '2', '3']
