@@ -111,6 +111,12 @@ class RoMaV2(nn.Module):
         self.refiner_features = VGG19BNFeatures()
         if self.cfg.backbone_amp:
             self.f.to(self.cfg.torch_amp_dtype)  # the official stores DINOv3 in bf16
+        if self.cfg.channels_last:
+            # The conv-heavy parts only (DINOv3's patch embedding stays as the official, so
+            # its bf16 rounding does too). Only 4-D weights change layout; load_state_dict
+            # and .to(device) keep it.
+            for part in (self.matcher.head, self.refiners, self.refiner_features):
+                part.to(memory_format=torch.channels_last)
         self.requires_grad_(False)
         self.eval()
         self._warned_tf32 = False
@@ -267,6 +273,9 @@ class RoMaV2(nn.Module):
         in [0, 1]. Returns the official predictions dict (``matcher``,
         ``refiner_{4,2,1}_{AB,BA}``, ``warp_AB``, ``confidence_AB``, ``warp_BA``,
         ``confidence_BA``)."""
+        if not self.cfg.batch_pair or img_A_lr.shape != img_B_lr.shape:
+            return self._predict(self._encode_resized(img_A_lr, img_A_hr),
+                                 self._encode_resized(img_B_lr, img_B_hr))
         both = self._encode_resized(
             torch.cat((img_A_lr, img_B_lr)),
             None if img_A_hr is None or img_B_hr is None else torch.cat((img_A_hr, img_B_hr)))
@@ -276,10 +285,10 @@ class RoMaV2(nn.Module):
     @torch.inference_mode()
     def match(self, img_A: ImageLike, img_B: ImageLike) -> dict[str, Optional[Tensor]]:
         """Match two images (or batches) of any size; A and B share one encoder batch when
-        their sizes agree."""
+        their sizes agree (and ``cfg.batch_pair``)."""
         img_A = _as_image_batch(img_A, self.device)
         img_B = _as_image_batch(img_B, self.device)
-        if img_A.shape == img_B.shape:
+        if self.cfg.batch_pair and img_A.shape == img_B.shape:
             both = self.encode(torch.cat((img_A, img_B)))
             B = img_A.shape[0]
             return self.match_features(both[:B], both[B:])
@@ -302,7 +311,8 @@ class RoMaV2(nn.Module):
 
 def _precision_fields(cfg: RoMaV2Config) -> dict:
     keep = ('amp_dtype', 'backbone_amp', 'matcher_amp', 'dpt_amp', 'refiner_amp',
-            'vgg_amp_on_cuda', 'mv_rope_bf16', 'local_corr', 'skip_unused_blocks')
+            'vgg_amp_on_cuda', 'mv_rope_bf16', 'local_corr', 'skip_unused_blocks',
+            'batch_pair', 'channels_last')
     return {k: getattr(cfg, k) for k in keep}
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from romav2_core.conv_bn import conv_bn
 from romav2_core.geometry import normalized_grid
 from romav2_core.local_correlation import local_correlation
 from romav2_core.precision import autocast_region
@@ -93,7 +94,7 @@ class RefinerBlock(nn.Module):
         self.conv_pointwise = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv_pointwise(F.relu(self.norm(self.conv_depthwise(x))))
+        return self.conv_pointwise(F.relu(conv_bn(x, self.conv_depthwise, self.norm)))
 
 
 class ConvRefiner(nn.Module):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from romav2_core.conv_bn import conv_bn
 from romav2_core.normalization import imagenet_mean_std, imagenet_normalize
 from romav2_core.precision import autocast_region
 
@@ -75,6 +76,12 @@ class VGG19BNFeatures(nn.Module):
         stride = 1
         with autocast_region(images.device.type, amp_dtype):
             for layer in self.layers:
+                if isinstance(layer, nn.Conv2d):
+                    conv = layer  # applied together with the BatchNorm that follows it
+                    continue
+                if isinstance(layer, nn.BatchNorm2d):
+                    x = conv_bn(x, conv, layer)
+                    continue
                 if isinstance(layer, nn.MaxPool2d):
                     feats[stride] = x.permute(0, 2, 3, 1)
                     stride *= 2

@@ -1,6 +1,7 @@
 """RoMaV2's public API: feature cache, batching, settings, sampling, weights, side effects."""
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import types
@@ -55,6 +56,36 @@ def test_batched_encoding_equals_separate(model):
     separate = model.match_features(model.encode(a), model.encode(b))
     for key in ('warp_AB', 'overlap_AB'):
         torch.testing.assert_close(joint[key], separate[key], atol=1e-5, rtol=1e-5)
+
+
+def test_batch_pair_false_encodes_one_image_at_a_time(model):
+    """``batch_pair=False`` (the official's per-image encoding, for bf16 parity with it) takes
+    exactly the separate-encoding path."""
+    a, b = _frames(2, seed=1)
+    separate = model.match_features(model.encode(a), model.encode(b))
+    model.cfg = model.cfg.replace(batch_pair=False)
+    try:
+        out = model.match(a, b)
+    finally:
+        model.cfg = model.cfg.replace(batch_pair=True)
+    for key in ('warp_AB', 'overlap_AB', 'precision_AB'):
+        assert torch.equal(out[key], separate[key]), key
+
+
+def test_channels_last_changes_layout_not_results(model):
+    """The DPT, VGG and refiner convs run channels-last by default; the official layout gives
+    the same outputs up to summation order (fp32: 1e-5)."""
+    conv = model.refiner_features.layers[3].weight  # [64 x 64 x 3 x 3]: the layouts differ
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    official_layout = copy.deepcopy(model)
+    for part in (official_layout.matcher.head, official_layout.refiners,
+                 official_layout.refiner_features):
+        part.to(memory_format=torch.contiguous_format)
+    assert official_layout.refiner_features.layers[3].weight.is_contiguous()
+    a, b = _frames(2, seed=2)
+    ours, ref = model.match(a, b), official_layout.match(a, b)
+    for key in ('warp_AB', 'overlap_AB', 'precision_AB'):
+        torch.testing.assert_close(ours[key], ref[key], atol=1e-5, rtol=1e-5)
 
 
 def test_batch_elements_are_independent(model):

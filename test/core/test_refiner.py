@@ -125,10 +125,13 @@ def test_conv_refiner_matches_official(refiners, stride, amp):
 
 def _assert_close(warp, conf, exp_warp, exp_conf, amp):
     if not amp:
-        # Same op order in fp32; the one difference is the correlation's channel summation
-        # order (~1e-7), so agreement to the fp32 noise level.
+        # Same ops in fp32 but for the correlation's channel summation order and the
+        # BatchNorm folded into the depthwise conv (conv_bn.py), so agreement to the fp32 noise
+        # level, relative to each tensor's scale (accumulated precisions reach O(100), and a
+        # small off-diagonal entry carries the rounding of its large factors).
         torch.testing.assert_close(warp, exp_warp, rtol=0, atol=1e-5)
-        torch.testing.assert_close(conf, exp_conf, rtol=1e-5, atol=1e-5)
+        scale = max(1.0, float(exp_conf.abs().max()))
+        torch.testing.assert_close(conf, exp_conf, rtol=1e-5, atol=1e-5 * scale)
     else:
         # bf16 blocks: a ~1e-7 fp32 difference in the correlation can flip the bf16 rounding of
         # a block input (relative step 2^-8), which 9 blocks propagate; allow a few bf16 ulps.

@@ -63,7 +63,9 @@ def test_fp32_matches_official():
         assert got[stride].dtype == ref[stride].dtype == torch.float32
         assert got[stride].stride() == ref[stride].stride()
         assert got[stride].std() > 0.1, 'features nearly constant: weak test'
-        torch.testing.assert_close(got[stride], ref[stride], rtol=0, atol=1e-5)
+        # fp32 rounding only (BatchNorm folded into the conv, conv_bn.py): 1e-5 of the scale.
+        scale = max(1.0, float(ref[stride].abs().max()))
+        torch.testing.assert_close(got[stride], ref[stride], rtol=0, atol=1e-5 * scale)
 
 
 def test_autocast_returns_compute_dtype():
