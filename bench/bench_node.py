@@ -105,7 +105,7 @@ def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
              'relative_pose': PoseWithCovarianceStamped, 'relative_pose_info': RelativePose}
     params = {'mode': 'stereo', 'model_source': 'random', 'random_seed': 0,
               'setting': args.setting, 'H_lr': args.size[0], 'W_lr': args.size[1],
-              'H_hr': -1, 'W_hr': -1, 'device': args.device,
+              'H_hr': -1, 'W_hr': -1, 'device': args.device, 'precision': args.precision,
               'input_qos': 'reliable', 'output_qos': 'reliable', 'output_qos_depth': 10,
               'certainty_threshold': 0.0, 'viz_rate': 0.0, 'warmup': args.node_warmup}
     for key in ('matches_viz', 'warp_viz', 'covariance_viz'):
@@ -167,8 +167,11 @@ def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
 
 
 def measure_model(args, left, right) -> dict:
+    # The node's precision policy (not the official default: bf16 is emulated, and several
+    # times slower, on AVX2-only CPUs, where the node's 'auto' runs fp32).
     model = common.build('ours', args.setting, args.device, H_lr=args.size[0],
-                         W_lr=args.size[1], H_hr=None, W_hr=None)
+                         W_lr=args.size[1], H_hr=None, W_hr=None,
+                         **common.precision_overrides(args.precision, args.device))
     model.bidirectional = False
     times = common.timed(lambda: model.match(left, right), args.device, args.pairs,
                          warmup=args.warmup_pairs)
@@ -190,6 +193,8 @@ def main() -> None:
     p.add_argument('--no-node-warmup', dest='node_warmup', action='store_false',
                    help='node parameter warmup:=false')
     p.add_argument('--device', default='cpu')
+    p.add_argument('--precision', default='auto', choices=['auto', 'bf16', 'fp16', 'fp32'],
+                   help='the node parameter precision, used for the raw model time too')
     p.add_argument('--timeout', type=float, default=300.0)
     p.add_argument('--smoke', action='store_true',
                    help='tiny case for CI (64x96 model, 128x96 images, 1 pair, no warm-up)')
@@ -211,7 +216,7 @@ def main() -> None:
                                                                  *sys.argv[1:]]),
               'machine': common.machine(), 'setting': args.setting,
               'model_size': args.size, 'image_size_wh': args.image_size,
-              'device': args.device, 'outputs': args.outputs,
+              'device': args.device, 'precision': args.precision, 'outputs': args.outputs,
               'weights': 'seeded random (timing only; no accuracy meaning)',
               'transport': 'loopback, Fast DDS with config/fastdds_large_images.xml, '
                            'reliable QoS, ROS_DOMAIN_ID=' + os.environ['ROS_DOMAIN_ID'],

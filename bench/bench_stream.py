@@ -18,6 +18,7 @@ encode is not timed (the stream's start, nothing to match yet).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -27,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+import official_oracle  # noqa: E402  (on sys.path through common)
 
 STEP_PX = 4
 
@@ -42,7 +44,11 @@ def measure(args) -> dict:
     overrides = {}
     if args.size:
         overrides.update(H_lr=args.size[0], W_lr=args.size[1])
-    model = common.build(args.side, args.setting, args.device, **overrides)
+    if args.side == 'ours':
+        overrides.update(common.precision_overrides(args.precision, args.device))
+    like_for_like_fp32 = args.side == 'official' and args.precision == 'fp32'
+    model = common.build(args.side, args.setting, args.device, official_fp32=like_for_like_fp32,
+                         **overrides)
     model.bidirectional = args.bidirectional
     H, W = model.H_lr, model.W_lr
     w = args.warmup_pairs
@@ -58,7 +64,9 @@ def measure(args) -> dict:
         prev = model.encode(seq[0])  # the stream's first frame: encoded, nothing to match
     else:
         def step(frame, prev):
-            model.match(frame, prev)
+            with official_oracle.no_autocast() if like_for_like_fp32 else \
+                    contextlib.nullcontext():
+                model.match(frame, prev)
             return frame
         prev = seq[0]
     for frame in seq[1:1 + w]:  # warm-up pairs, not timed
@@ -87,6 +95,9 @@ def main() -> None:
     p.add_argument('--warmup-pairs', type=int, default=1, help='untimed pairs first')
     p.add_argument('--bidirectional', action='store_true')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--precision', default='official', choices=['official', 'auto', 'fp32'],
+                   help='as bench_model.py: "official" = both sides under the official bf16 '
+                        'policy, "fp32" = both all-fp32, "auto" = ours as the node runs it')
     p.add_argument('--smoke', action='store_true', help='CI: 64x96, 1 frame, no warm-up')
     p.add_argument('--side', choices=['ours', 'official'], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -97,7 +108,8 @@ def main() -> None:
         return
 
     forwarded = ['--setting', args.setting, '--frames', str(args.frames), '--device',
-                 args.device, '--warmup-pairs', str(args.warmup_pairs)] + \
+                 args.device, '--warmup-pairs', str(args.warmup_pairs),
+                 '--precision', args.precision] + \
         (['--size', *map(str, args.size)] if args.size else []) + \
         (['--bidirectional'] if args.bidirectional else [])
     sides = {s: common.run_side(Path(__file__), [*forwarded, '--side', s])
@@ -107,6 +119,7 @@ def main() -> None:
                                                           *sys.argv[1:]]),
               'machine': common.machine(), 'setting': args.setting,
               'bidirectional': args.bidirectional, 'device': args.device,
+              'our_precision': args.precision,
               'weights': 'seeded random (timing only; no accuracy meaning)',
               'ours_path': 'encode(frame_t) once + match_features(f_t, f_prev)',
               'official_path': 'official match(frame_t, frame_prev) per pair',

@@ -22,9 +22,10 @@ def run(script: str, *args: str, timeout: float = 600) -> dict:
     return json.loads(out.stdout)
 
 
-def test_bench_stream_smoke():
-    r = run('bench/bench_stream.py', '--smoke')
-    assert r['benchmark'] == 'stream'
+@pytest.mark.parametrize('precision', ['official', 'fp32'])
+def test_bench_stream_smoke(precision):
+    r = run('bench/bench_stream.py', '--smoke', '--precision', precision)
+    assert r['benchmark'] == 'stream' and r['our_precision'] == precision
     for side in ('ours', 'official'):
         assert r[side]['frames'] == 1 and r[side]['frames_per_second'] > 0
         assert (r[side]['H'], r[side]['W']) == (64, 96)
@@ -39,6 +40,11 @@ def test_bench_scaling_smoke(tmp_path):
     assert row['size'] == 64 and row['seconds_per_pair'] > 0 and row['peak_memory_mb'] > 0
     md = (tmp_path / 'scaling.md').read_text()
     assert '| 64 |' in md and r['machine']['platform'] in md
+    # 'auto' (the default) is reported as what it resolved to on this machine's hardware
+    from romav2_core.precision import fast_bf16
+    expected = 'bf16' if fast_bf16(r['device']) else 'fp32'
+    assert r['precision'] == 'auto' and r['precision_resolved'] == expected
+    assert f'resolved to {expected}' in md
     if r['plot'] is not None:
         assert (tmp_path / 'scaling.png').stat().st_size > 0
 
@@ -72,3 +78,23 @@ def test_run_eval_random_weights_smoke():
     assert {'dense', 'pose', 'seconds_per_pair'} <= set(moto['ours'])
     assert 'sgbm' in moto and moto['sgbm']['dense']['epe_mean'] < 2.0  # a real baseline
     assert set(r['datasets_skipped']) | set(r['datasets_run']) == {'motorcycle', 'chessboard'}
+
+
+def test_results_table_renders_every_saved_result():
+    """The docs' tables come from bench/results_table.py over docs/bench-results: each saved
+    model/stream/node result appears with its own ratio and command."""
+    files = sorted((ROOT / 'docs' / 'bench-results').rglob('*.json'))
+    assert files
+    out = subprocess.run([sys.executable, str(ROOT / 'bench/results_table.py'), *map(str, files)],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    ratio_keys = {'model_forward': 'throughput_ratio_ours_over_official',
+                  'stream': 'frames_per_second_ratio_ours_over_official'}
+    rendered = 0
+    for path in files:
+        r = json.loads(path.read_text())
+        if r['benchmark'] in ratio_keys:
+            ratio = f"x{r[ratio_keys[r['benchmark']]]:.2f}"
+            assert any(f"`{r['command']}`" in line and ratio in line
+                       for line in out.splitlines()), (path, ratio)
+            rendered += 1
+    assert rendered

@@ -1,0 +1,122 @@
+"""Markdown tables of benchmark JSON files (bench_model / bench_stream / bench_node output).
+
+The performance tables in the docs are generated from the saved JSON, never typed by hand:
+
+    .venv/bin/python bench/results_table.py docs/bench-results/2026-11-28-xeon/*.json
+
+Prints one table per benchmark kind (model forward, stream, node overhead) with both sides,
+the ratio ours / official, the machine and the command, sorted by machine, setting, batch and
+direction; files of other kinds are listed as skipped. Memory is the peak the benchmark
+recorded: the process's peak resident set on a CPU, the CUDA allocator's peak on a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _gb(mb: float) -> str:
+    return f'{mb / 1024:.2f} GB'
+
+
+def _machine(r: dict) -> str:
+    m = r.get('machine', {})
+    name = m.get('gpu') if r.get('device', 'cpu').startswith('cuda') else m.get('cpu', '?')
+    if 'gpu' not in m and m.get('cpu_native_bf16') is not None:
+        name += ', native bf16' if m['cpu_native_bf16'] else ', no native bf16'
+    return f"{name}, {m.get('cpu_count', '?')} CPUs, {m.get('date', '?')[:10]}"
+
+
+def _model_row(r: dict) -> list[str]:
+    o, f = r['ours'], r['official']
+    what = (f"`{r['setting']}` {o['H']}x{o['W']}, batch {r['batch']}, "
+            f"{'bidirectional' if r['bidirectional'] else 'unidirectional'}, "
+            f"{r.get('our_precision', 'official')}")
+    return [what, f"{o['pairs_per_second']:.3f} pairs/s, {_gb(o['peak_memory_mb'])}",
+            f"{f['pairs_per_second']:.3f} pairs/s, {_gb(f['peak_memory_mb'])}",
+            f"x{r['throughput_ratio_ours_over_official']:.2f} / "
+            f"x{r['peak_memory_ratio_ours_over_official']:.2f}", _machine(r), f"`{r['command']}`"]
+
+
+def _stream_row(r: dict) -> list[str]:
+    o, f = r['ours'], r['official']
+    what = f"`{r['setting']}` {o['H']}x{o['W']}, {r.get('our_precision', 'official')}"
+    return [what, f"{o['frames_per_second']:.3f} frames/s, {_gb(o['peak_memory_mb'])}",
+            f"{f['frames_per_second']:.3f} frames/s, {_gb(f['peak_memory_mb'])}",
+            f"x{r['frames_per_second_ratio_ours_over_official']:.2f}", _machine(r),
+            f"`{r['command']}`"]
+
+
+def _node_row(r: dict) -> list[str]:
+    h, w = r['model_size']
+    what = (f"`{r['setting']}` model {h}x{w}, images {r['image_size_wh'][0]}x"
+            f"{r['image_size_wh'][1]}, {r.get('precision', 'auto')}")
+    own = r.get('overhead_vs_node_model_ms')
+    return [what, f"{r['node']['median_latency_s'] * 1e3:.0f} ms",
+            f"{r['raw_model']['median_model_s'] * 1e3:.0f} ms",
+            f"{r['overhead_ms']:.0f} ms ({100 * r['overhead_fraction_of_latency']:.1f} %)"
+            + ('' if own is None else f"; vs the node's own model time {own:.0f} ms"),
+            _machine(r), f"`{r['command']}`"]
+
+
+KINDS = {
+    'model_forward': ('Model forward', ['case', 'ours', 'official 2.0.1',
+                                        'throughput / memory ours:official', 'machine',
+                                        'command'],
+                      _model_row),
+    'stream': ('Sequential stream', ['case', 'ours (encode once + match_features)',
+                                     'official (`match` per pair)', 'frames/s ours:official',
+                                     'machine', 'command'], _stream_row),
+    'node_overhead': ('Node overhead', ['case', 'end-to-end latency (median)',
+                                        'raw model (median)', 'overhead', 'machine', 'command'],
+                      _node_row),
+}
+
+
+SETTING_ORDER = ('turbo', 'fast', 'base', 'precise')
+
+
+def _order(r: dict) -> tuple:
+    m = r.get('machine', {})
+    setting = r.get('setting')
+    return (m.get('date', '')[:10], m.get('cpu', ''),
+            SETTING_ORDER.index(setting) if setting in SETTING_ORDER else len(SETTING_ORDER),
+            r.get('batch', 1), bool(r.get('bidirectional')),
+            str(r.get('our_precision', r.get('precision', ''))))
+
+
+def tables(results: list[dict]) -> str:
+    out = []
+    for kind, (title, header, row) in KINDS.items():
+        rows = [row(r) for r in sorted(results, key=_order) if r.get('benchmark') == kind]
+        if not rows:
+            continue
+        out += [f'**{title}**', '', '| ' + ' | '.join(header) + ' |',
+                '|' + '---|' * len(header)]
+        out += ['| ' + ' | '.join(cells) + ' |' for cells in rows]
+        out.append('')
+    return '\n'.join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('files', nargs='+', type=Path)
+    args = p.parse_args()
+    results = []
+    for path in args.files:
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f'skipped {path} ({exc})', file=sys.stderr)
+            continue
+        if result.get('benchmark') in KINDS:
+            results.append(result)
+        else:
+            print(f'skipped {path} (benchmark {result.get("benchmark")!r})', file=sys.stderr)
+    print(tables(results))
+
+
+if __name__ == '__main__':
+    main()
