@@ -53,11 +53,11 @@ def _node_row(r: dict) -> list[str]:
     h, w = r['model_size']
     what = (f"`{r['setting']}` model {h}x{w}, images {r['image_size_wh'][0]}x"
             f"{r['image_size_wh'][1]}, {r.get('precision', 'auto')}")
-    own = r.get('overhead_vs_node_model_ms')
+    own = r['node'].get('node_latency_model_ms_mean')
     return [what, f"{r['node']['median_latency_s'] * 1e3:.0f} ms",
-            f"{r['raw_model']['median_model_s'] * 1e3:.0f} ms",
-            f"{r['overhead_ms']:.0f} ms ({100 * r['overhead_fraction_of_latency']:.1f} %)"
-            + ('' if own is None else f"; vs the node's own model time {own:.0f} ms"),
+            f"{r['raw_model']['median_model_s'] * 1e3:.0f} ms"
+            + ('' if own is None else f" (the node's own mean, warm-up included: {own:.0f} ms)"),
+            f"{r['overhead_ms']:.0f} ms ({100 * r['overhead_fraction_of_latency']:.1f} %)",
             _machine(r), f"`{r['command']}`"]
 
 

@@ -34,8 +34,14 @@ from typing import Callable, Optional
 import cv2
 import numpy as np
 
-OPENCV_DATA = Path(os.environ.get('OPENCV_SAMPLES_DATA_PATH',
-                                  '/usr/share/doc/opencv-doc/examples/data'))
+_OPENCV_DOC_DATA = 'usr/share/doc/opencv-doc/examples/data'
+# OPENCV_SAMPLES_DATA_PATH, else the system-wide package, else the copy scripts/setup_env.sh
+# unpacks into data/ from the apt cache's .deb (offline machines where it is not installed).
+_OPENCV_CANDIDATES = [Path('/') / _OPENCV_DOC_DATA,
+                      Path(__file__).resolve().parents[1] / 'data' / 'opencv-doc' / _OPENCV_DOC_DATA]
+OPENCV_DATA = Path(os.environ['OPENCV_SAMPLES_DATA_PATH']) \
+    if os.environ.get('OPENCV_SAMPLES_DATA_PATH') \
+    else next((p for p in _OPENCV_CANDIDATES if p.is_dir()), _OPENCV_CANDIDATES[0])
 NO_OPENCV_DOC = (f'{OPENCV_DATA} not found: apt-get install -y opencv-doc (or apt-get download '
                  'opencv-doc && dpkg-deb -x opencv-doc_*.deb DIR and set '
                  'OPENCV_SAMPLES_DATA_PATH=DIR/usr/share/doc/opencv-doc/examples/data)')

@@ -80,5 +80,17 @@ rm -rf "$BUILD"; mkdir -p "$BUILD"
 pip_install --no-deps --no-build-isolation -e "$ROOT"
 # The bundled sample bags (real images that ship inside the wheels above); deterministic.
 "$PY" "$ROOT/scripts/make_sample_data.py" >/dev/null
+# Real images with ground truth from Debian's opencv-doc (eval/, test/eval): system-wide on some
+# machines; elsewhere unpack its examples/data from the apt cache's .deb when it is there
+# (eval/datasets.py looks in data/opencv-doc). Nothing is downloaded.
+OPENCV_DOC_DATA=usr/share/doc/opencv-doc/examples/data
+if [[ ! -d "/$OPENCV_DOC_DATA" && ! -d "$ROOT/data/opencv-doc/$OPENCV_DOC_DATA" ]]; then
+  deb="$(ls /var/cache/apt/archives/opencv-doc_*_all.deb 2>/dev/null | head -n1 || true)"
+  if [[ -n "$deb" ]] && command -v dpkg-deb >/dev/null; then
+    mkdir -p "$ROOT/data/opencv-doc"
+    dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$ROOT/data/opencv-doc" "./$OPENCV_DOC_DATA"
+    log "unpacked the opencv-doc sample images from $deb"
+  fi
+fi
 echo "$WANT" >"$STAMP"
 log "environment ready in $(( $(date +%s) - t0 )) s; $(du -sh "$VENV" | cut -f1)"
