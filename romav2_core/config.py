@@ -89,9 +89,9 @@ class RoMaV2Config:
     #: AMX CPU, propagated downstream); False encodes one image at a time, as the official.
     batch_pair: bool = True
     #: Keep the DPT, VGG and refiner conv weights (and so activations) in channels-last
-    #: layout; read at construction.
-    #: Same results up to float summation order (~1e-7 relative); 1.1x faster per pair on a
-    #: 2-core AVX2 CPU at ``base`` (oneDNN's convolutions are 1.5-3x faster in NHWC).
+    #: layout; read at construction. Same results up to float summation order (~1e-7 to 1e-6
+    #: relative); 1.12x faster per fp32 ``base`` pair on a 2-core Xeon CPU, where oneDNN's NHWC
+    #: convolutions of these shapes are 1.5-5x faster than NCHW.
     channels_last: bool = True
 
     def __post_init__(self):
