@@ -12,7 +12,8 @@ stride 4 (C=192, r=3, K=49) and stride 2 (C=48, r=1, K=9), batch 1 and 8. On a m
 CUDA the torch paths run on the CPU at a reduced size (``--small``, the default there: spatial
 size / 8, batch 1 and 2) and the kernel is reported unavailable.
 
-Prints one JSON document (machine, torch, device, command, cases) and a one-line summary.
+Prints one JSON document (machine, torch, device, command, cases) on stdout and a one-line
+summary on stderr, as the other benchmarks.
 Usage: ``python bench/bench_local_corr.py [--small|--full] [--dtype fp32|bf16|fp16]
 [--repeats N] [--impls cuda,torch_kloop,materialise] [--json-out FILE]``
 """
@@ -196,7 +197,7 @@ def main(argv=None):
     print(text)
     if args.json_out:
         Path(args.json_out).write_text(text + '\n')
-    print(summary(cases, cuda_note, device))
+    print(summary(cases, cuda_note, device), file=sys.stderr)  # stdout stays pure JSON
     return 0
 
 

@@ -11,7 +11,6 @@ sides and the ratios (ours / official); the headline is the throughput ratio.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -19,19 +18,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import official_oracle  # noqa: E402  (on sys.path through common)
 
 
 def measure(args) -> dict:
     torch.manual_seed(0)
-    overrides = {}
-    if args.size:
-        overrides.update(H_lr=args.size[0], W_lr=args.size[1])
-    if args.side == 'ours':
-        overrides.update(common.precision_overrides(args.precision, args.device))
-    like_for_like_fp32 = args.side == 'official' and args.precision == 'fp32'
-    model = common.build(args.side, args.setting, args.device,
-                         official_fp32=like_for_like_fp32, **overrides)
+    model, precision_context = common.build_side(args.side, args.setting, args.device,
+                                                 args.precision, args.size)
     model.bidirectional = args.bidirectional
     H, W = model.H_lr, model.W_lr
     g = torch.Generator().manual_seed(1)
@@ -39,7 +31,7 @@ def measure(args) -> dict:
     img_B = torch.rand(args.batch, 3, H, W, generator=g).to(args.device)
     if args.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
-    with official_oracle.no_autocast() if like_for_like_fp32 else contextlib.nullcontext():
+    with precision_context():
         times = common.timed(lambda: model(img_A, img_B), args.device, args.repeats,
                              warmup=args.warmup)
     return {'side': args.side, 'seconds_per_batch': common.median(times), 'all_seconds': times,

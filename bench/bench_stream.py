@@ -18,7 +18,6 @@ encode is not timed (the stream's start, nothing to match yet).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 import time
@@ -28,7 +27,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
-import official_oracle  # noqa: E402  (on sys.path through common)
 
 STEP_PX = 4
 
@@ -41,14 +39,8 @@ def frames(n: int, H: int, W: int, device: str) -> list[torch.Tensor]:
 
 
 def measure(args) -> dict:
-    overrides = {}
-    if args.size:
-        overrides.update(H_lr=args.size[0], W_lr=args.size[1])
-    if args.side == 'ours':
-        overrides.update(common.precision_overrides(args.precision, args.device))
-    like_for_like_fp32 = args.side == 'official' and args.precision == 'fp32'
-    model = common.build(args.side, args.setting, args.device, official_fp32=like_for_like_fp32,
-                         **overrides)
+    model, precision_context = common.build_side(args.side, args.setting, args.device,
+                                                 args.precision, args.size)
     model.bidirectional = args.bidirectional
     H, W = model.H_lr, model.W_lr
     w = args.warmup_pairs
@@ -64,8 +56,7 @@ def measure(args) -> dict:
         prev = model.encode(seq[0])  # the stream's first frame: encoded, nothing to match
     else:
         def step(frame, prev):
-            with official_oracle.no_autocast() if like_for_like_fp32 else \
-                    contextlib.nullcontext():
+            with precision_context():
                 model.match(frame, prev)
             return frame
         prev = seq[0]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
@@ -84,6 +85,23 @@ def build(side: str, setting: str, device: str, seed: int = 0, official_fp32: bo
         setattr(official, key, getattr(ours, key))
     del ours
     return official.to(device)
+
+
+def build_side(side: str, setting: str, device: str, precision: str,
+               size: Optional[Sequence[int]] = None):
+    """One side of an ours-vs-official comparison under a ``--precision`` choice.
+
+    Returns ``(model, context)``: call the model inside ``context()`` (``no_autocast`` for the
+    all-fp32 official side, else a no-op). ``size``: optional ``(H_lr, W_lr)``.
+    """
+    import contextlib
+    from official_oracle import no_autocast
+    overrides = {} if size is None else {'H_lr': size[0], 'W_lr': size[1]}
+    if side == 'ours':
+        overrides.update(precision_overrides(precision, device))
+    official_fp32 = side == 'official' and precision == 'fp32'
+    model = build(side, setting, device, official_fp32=official_fp32, **overrides)
+    return model, (no_autocast if official_fp32 else contextlib.nullcontext)
 
 
 def sync(device: str) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -20,6 +21,31 @@ def run(script: str, *args: str, timeout: float = 600) -> dict:
     assert out.returncode == 0, out.stderr[-4000:]
     assert out.stderr.strip(), 'no one-line summary on stderr'
     return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize('precision,bidirectional', [('official', False), ('fp32', True)])
+def test_bench_model_smoke(precision, bidirectional):
+    r = run('bench/bench_model.py', '--smoke', '--precision', precision,
+            *(['--bidirectional'] if bidirectional else []))
+    assert r['benchmark'] == 'model_forward' and r['our_precision'] == precision
+    assert r['bidirectional'] is bidirectional and r['batch'] == 1
+    for side in ('ours', 'official'):
+        assert (r[side]['H'], r[side]['W']) == (64, 96)
+        assert r[side]['pairs_per_second'] > 0 and r[side]['peak_memory_mb'] > 0
+    assert r['throughput_ratio_ours_over_official'] == pytest.approx(
+        r['ours']['pairs_per_second'] / r['official']['pairs_per_second'])
+
+
+def test_bench_local_corr_smoke():
+    """The smallest run of the local-correlation benchmark; without CUDA the kernel column
+    says why it is unavailable instead of a number."""
+    r = run('bench/bench_local_corr.py', '--small', '--repeats', '1', '--batches', '1')
+    assert len(r['cases']) == 4
+    for case in r['cases']:
+        for impl in ('torch_kloop', 'materialise'):
+            assert case['results'][impl]['status'] == 'ok' and case['results'][impl]['ms'] > 0
+        if not torch.cuda.is_available():
+            assert case['results']['cuda']['status'] != 'ok'
 
 
 @pytest.mark.parametrize('precision', ['official', 'fp32'])
