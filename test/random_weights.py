@@ -57,3 +57,24 @@ def spread_state_dict(reference: dict, seed: int = 0, gain: float = 1.5) -> dict
         # Values representable in the reference dtype, so fp32 and bf16 models hold the same.
         out[key] = value.to(ref.dtype)
     return out
+
+
+def randomize_transformer_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """In place, for one transformer component (DINOv3, the coarse matcher): parameters only,
+    buffers (RoPE periods, the q/k/v bias mask) keep their values. LayerScale gammas O(0.1-1)
+    so the blocks really transform the tokens (the default 1e-5 makes them near identities),
+    norm weights around 1, tokens O(0.5), fan-in scaled matrices, small non-zero vectors."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith('gamma'):
+                p.uniform_(0.1, 1.0, generator=g)
+            elif 'norm' in name and name.endswith('weight') and p.ndim == 1:
+                p.normal_(1.0, 0.1, generator=g)
+            elif 'token' in name:
+                p.normal_(0.0, 0.5, generator=g)
+            elif p.ndim >= 2:
+                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()), generator=g)
+            else:
+                p.normal_(0.0, 0.1, generator=g)
+    return model

@@ -25,21 +25,12 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'test'))
 
 import cuda_ext  # noqa: E402
+from local_corr_cases import CASES, case_id  # noqa: E402
 
 # Same macros as torch.utils.cpp_extension's nvcc builds (the kernel must compile under them).
 TORCH_NVCC_FLAGS = ['-D__CUDA_NO_HALF_OPERATORS__', '-D__CUDA_NO_HALF_CONVERSIONS__',
                     '-D__CUDA_NO_BFLOAT16_CONVERSIONS__', '-D__CUDA_NO_HALF2_OPERATORS__',
                     '--expt-relaxed-constexpr']
-
-# (B, C, H, W, Hb, Wb, radius): non-square, batch > 1, f_B of another size, radius 0..3.
-CASES = [
-    (2, 16, 7, 9, 7, 9, 3),
-    (1, 8, 5, 11, 6, 4, 1),
-    (3, 12, 6, 6, 6, 6, 0),
-    (2, 4, 4, 13, 9, 5, 2),
-    (1, 20, 10, 3, 10, 3, 3),
-    (2, 48, 12, 16, 12, 16, 1),
-]
 
 
 def _nvcc():
@@ -196,7 +187,7 @@ def host_kernel(tmp_path_factory):
     return call
 
 
-@pytest.mark.parametrize('case', CASES, ids=lambda c: 'B{}C{}_{}x{}_{}x{}_r{}'.format(*c))
+@pytest.mark.parametrize('case', CASES, ids=case_id)
 def test_host_kernel_matches_grid_sample(host_kernel, case):
     B, C, H, W, Hb, Wb, r = case
     f_A, f_B, warp = random_inputs(B, C, H, W, Hb, Wb, seed=sum(case))
@@ -315,7 +306,7 @@ def _require_kernel():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize('case', CASES, ids=lambda c: 'B{}C{}_{}x{}_{}x{}_r{}'.format(*c))
+@pytest.mark.parametrize('case', CASES, ids=case_id)
 def test_kernel_matches_torch_path_fp32(case):
     from romav2_core.local_correlation import local_correlation
     _require_kernel()

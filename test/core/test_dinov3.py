@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import sys
 from unittest import mock
 
@@ -24,30 +23,16 @@ from romav2_core.rope import RopeEmbedding
 from romav2_core.vit import MaskedBiasLinear
 from checkpoint_keys import checkpoint_entries, state_dict_from_rows
 from official_oracle import import_official
+from random_weights import randomize_transformer_
 
 TAPS = (11, 17)
 DIM = 1024
 
 
 def randomize_(model: DINOv3ViTL16, seed: int = 0) -> DINOv3ViTL16:
-    """Random weights whose blocks really transform the tokens (the default 1e-5 LayerScale
-    would make every block nearly the identity and the comparison weak). Buffers (RoPE periods,
-    the q/k/v bias mask) keep their checkpoint values; the k bias is random, so a forgotten
-    mask shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith('gamma'):
-                p.uniform_(0.1, 1.0, generator=g)
-            elif 'norm' in name and name.endswith('weight'):
-                p.normal_(1.0, 0.1, generator=g)
-            elif 'token' in name:
-                p.normal_(0.0, 0.5, generator=g)
-            elif p.ndim >= 2:
-                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()), generator=g)
-            else:
-                p.normal_(0.0, 0.1, generator=g)
-    return model
+    """Random weights (random_weights.randomize_transformer_); the k bias is random, so a
+    forgotten q/k/v bias mask shows."""
+    return randomize_transformer_(model, seed)
 
 
 @pytest.fixture(scope='module')

@@ -12,16 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from romav2_core import local_correlation as lc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from local_corr_cases import CASES, case_id  # noqa: E402
 from official_oracle import import_official  # noqa: E402
-
-# (B, C, H, W, Hb, Wb, radius): non-square, batch > 1, f_B of another size, radius 0..3.
-CASES = [
-    (2, 16, 7, 9, 7, 9, 3),
-    (1, 8, 5, 11, 6, 4, 1),
-    (3, 12, 6, 6, 6, 6, 0),
-    (2, 4, 4, 13, 9, 5, 2),
-    (1, 20, 10, 3, 10, 3, 3),
-]
 
 
 def naive_local_correlation(f_A, f_B, warp, radius):
@@ -51,7 +43,7 @@ def _inputs(B, C, H, W, Hb, Wb, seed=0):
     return f_A, f_B, warp
 
 
-@pytest.mark.parametrize('case', CASES)
+@pytest.mark.parametrize('case', CASES, ids=case_id)
 def test_torch_path_matches_naive_reference(case):
     B, C, H, W, Hb, Wb, r = case
     f_A, f_B, warp = _inputs(B, C, H, W, Hb, Wb)
@@ -61,7 +53,7 @@ def test_torch_path_matches_naive_reference(case):
                                rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize('case', CASES)
+@pytest.mark.parametrize('case', CASES, ids=case_id)
 def test_torch_path_matches_official(case):
     official = import_official().local_correlation
     assert official.local_corr is None, 'expected the official native torch fallback'

@@ -11,7 +11,6 @@ compared as well as the final warp/overlap.
 from __future__ import annotations
 
 import contextlib
-import math
 from unittest import mock
 
 import pytest
@@ -21,6 +20,7 @@ from romav2_core.matcher import CoarseMatcher
 from romav2_core.rope import RopeEmbedding
 from checkpoint_keys import checkpoint_entries, state_dict_from_rows
 from official_oracle import import_official
+from random_weights import randomize_transformer_
 
 B, H, W, DIM = 1, 4, 6, 1024
 
@@ -32,17 +32,7 @@ def official():
     import_official()
     from romav2.matcher import Matcher
     torch.manual_seed(0)
-    model = Matcher(Matcher.Cfg()).eval()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if 'norm' in name and name.endswith('weight') and p.ndim == 1:
-                p.normal_(1.0, 0.1, generator=g)
-            elif p.ndim >= 2:
-                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()), generator=g)
-            else:
-                p.normal_(0.0, 0.1, generator=g)
-    return model
+    return randomize_transformer_(Matcher(Matcher.Cfg()).eval(), seed=1)
 
 
 @pytest.fixture(scope='module')
