@@ -137,6 +137,16 @@ def arrivals(draw, approximate: bool):
     return n_inputs, order
 
 
+def feed_within_queue_bound(sources, sync, order, queue_size):
+    """Feed ``order`` [(input, stamp)] in sequence (frame_id = arrival index), checking after
+    every message that no queue outgrew ``queue_size``; under a timeout (a deadlock fails)."""
+    def feed_all():
+        for ident, (i, stamp) in enumerate(order):
+            sources[i].signalMessage(make_msg(stamp, ident))
+            assert all(len(q) <= queue_size for q in sync.queues)
+    run_with_timeout(feed_all)
+
+
 @SETTINGS
 @given(case=arrivals(approximate=False), queue_size=st.integers(1, 10),
        reentrant=st.booleans())
@@ -152,11 +162,7 @@ def test_exact_sync_pairs_equal_stamps_bounded_queues_no_deadlock(case, queue_si
             sources[0].signalMessage(make_msg(stamp_of(msgs[0]) + 1, -1))
     sync.registerCallback(callback)
 
-    def feed_all():
-        for ident, (i, stamp) in enumerate(order):
-            sources[i].signalMessage(make_msg(stamp, ident))
-            assert all(len(q) <= queue_size for q in sync.queues)
-    run_with_timeout(feed_all)
+    feed_within_queue_bound(sources, sync, order, queue_size)
     used = set()
     for msgs in out:
         assert len(msgs) == n_inputs
@@ -179,11 +185,7 @@ def test_approximate_sync_never_pairs_across_more_than_slop(case, queue_size, sl
     out = []
     sync.registerCallback(lambda *m: out.append(m))
 
-    def feed_all():
-        for ident, (i, stamp) in enumerate(order):
-            sources[i].signalMessage(make_msg(stamp, ident))
-            assert all(len(q) <= queue_size for q in sync.queues)
-    run_with_timeout(feed_all)
+    feed_within_queue_bound(sources, sync, order, queue_size)
     used = set()
     for msgs in out:
         stamps = [stamp_of(m) for m in msgs]
