@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from romav2_core.config import resolve_precision  # noqa: E402
 
 DEFAULT_SIZES = [320, 512, 640, 800, 1280]
 
@@ -86,14 +87,6 @@ def write_markdown(result: dict, path: Path) -> None:
     path.write_text('\n'.join(lines) + '\n')
 
 
-def resolved_precision(args) -> str:
-    """What ``--precision`` means on this device (``auto`` depends on its bf16 hardware)."""
-    if args.precision != 'auto':
-        return args.precision
-    from romav2_core.precision import fast_bf16
-    return 'bf16' if fast_bf16(args.device) else 'fp32'
-
-
 def write_plot(result: dict, path: Path) -> bool:
     try:
         import matplotlib
@@ -150,7 +143,8 @@ def main() -> None:
                                                            *sys.argv[1:]]),
               'machine': common.machine(), 'setting': args.setting, 'device': args.device,
               'bidirectional': args.bidirectional, 'repeats': args.repeats,
-              'precision': args.precision, 'precision_resolved': resolved_precision(args),
+              'precision': args.precision, 'precision_resolved': args.precision if args.precision == 'official'
+              else resolve_precision(args.precision, args.device),
               'warmup': args.warmup,
               'weights': 'seeded random (timing only; no accuracy meaning)', 'rows': [],
               'not_measured': [s for s in DEFAULT_SIZES if s not in args.sizes],

@@ -30,20 +30,16 @@ def machine() -> dict:
             'torch_threads': torch.get_num_threads(),
             'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}
     try:
-        info['cpu'] = next(line.split(':', 1)[1].strip() for line in
-                           Path('/proc/cpuinfo').read_text().splitlines()
-                           if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
+        cpuinfo = Path('/proc/cpuinfo').read_text().splitlines()
+    except OSError:
+        cpuinfo = []
+    info['cpu'] = next((line.split(':', 1)[1].strip() for line in cpuinfo
+                        if line.startswith('model name')), '?')
     # The bf16 hardware decides what the official policy costs on a CPU (emulated on AVX2).
     from romav2_core.precision import fast_bf16
     info['cpu_native_bf16'] = fast_bf16('cpu')
-    try:
-        flags = next(line for line in Path('/proc/cpuinfo').read_text().splitlines()
-                     if line.startswith('flags')).split()
-        info['cpu_bf16_isa'] = [f for f in ('avx512_bf16', 'amx_bf16') if f in flags]
-    except (OSError, StopIteration):
-        pass
+    flags = next((line.split() for line in cpuinfo if line.startswith('flags')), [])
+    info['cpu_bf16_isa'] = [f for f in ('avx512_bf16', 'amx_bf16') if f in flags]
     if torch.cuda.is_available():
         info['gpu'] = torch.cuda.get_device_name()
     return info

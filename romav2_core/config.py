@@ -50,6 +50,17 @@ LOCAL_CORR_IMPLS = ('auto', 'cuda', 'torch')
 RESOLUTION_MULTIPLE = 16
 
 
+def resolve_precision(precision: str, device='cpu') -> str:
+    """One of ``PRECISIONS`` with ``auto`` replaced by what it means on ``device``: bf16 where
+    the device has native bf16 math, else fp32."""
+    from romav2_core.precision import fast_bf16
+    if precision not in PRECISIONS:
+        raise ValueError(f'precision={precision!r}: one of {PRECISIONS}')
+    if precision == 'auto':
+        return 'bf16' if fast_bf16(device) else 'fp32'
+    return precision
+
+
 @dataclass(frozen=True)
 class RoMaV2Config:
     """Everything that defines a RoMa v2 model run; immutable.
@@ -133,11 +144,7 @@ class RoMaV2Config:
 
     def with_precision(self, precision: str, device='cpu') -> 'RoMaV2Config':
         """This config under one of ``PRECISIONS`` for ``device``."""
-        from romav2_core.precision import fast_bf16
-        if precision not in PRECISIONS:
-            raise ValueError(f'precision={precision!r}: one of {PRECISIONS}')
-        if precision == 'auto':
-            precision = 'bf16' if fast_bf16(device) else 'fp32'
+        precision = resolve_precision(precision, device)
         if precision == 'fp32':
             return self.all_fp32()
         return self.replace(amp_dtype=precision)

@@ -112,11 +112,7 @@ class RoMaV2(nn.Module):
         if self.cfg.backbone_amp:
             self.f.to(self.cfg.torch_amp_dtype)  # the official stores DINOv3 in bf16
         if self.cfg.channels_last:
-            # The conv-heavy parts only (DINOv3's patch embedding stays as the official, so
-            # its bf16 rounding does too). Only 4-D weights change layout; load_state_dict
-            # and .to(device) keep it.
-            for part in (self.matcher.head, self.refiners, self.refiner_features):
-                part.to(memory_format=torch.channels_last)
+            self.set_conv_memory_format(torch.channels_last)
         self.requires_grad_(False)
         self.eval()
         self._warned_tf32 = False
@@ -151,6 +147,13 @@ class RoMaV2(nn.Module):
             torch.manual_seed(seed)
             model = cls(_config(setting, dtype, overrides))
         return model.to(device)
+
+    def set_conv_memory_format(self, memory_format: torch.memory_format) -> None:
+        """Layout of the conv-heavy parts (DPT head, VGG, refiners); activations follow it.
+        DINOv3's patch embedding keeps the official layout, so its bf16 rounding does too.
+        Only 4-D weights change; load_state_dict and .to(device) keep the layout."""
+        for part in (self.matcher.head, self.refiners, self.refiner_features):
+            part.to(memory_format=memory_format)
 
     # ----------------------------------------------- official attribute-style settings
     def apply_setting(self, setting: str) -> None:

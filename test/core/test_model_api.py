@@ -78,9 +78,7 @@ def test_channels_last_changes_layout_not_results(model):
     conv = model.refiner_features.layers[3].weight  # [64 x 64 x 3 x 3]: the layouts differ
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     official_layout = copy.deepcopy(model)
-    for part in (official_layout.matcher.head, official_layout.refiners,
-                 official_layout.refiner_features):
-        part.to(memory_format=torch.contiguous_format)
+    official_layout.set_conv_memory_format(torch.contiguous_format)
     assert official_layout.refiner_features.layers[3].weight.is_contiguous()
     a, b = _frames(2, seed=2)
     ours, ref = model.match(a, b), official_layout.match(a, b)
