@@ -83,9 +83,3 @@ def rescale_covariance(cov: Tensor, H_from: int, W_from: int, H_to: int, W_to: i
     """Covariance ``[..., 2, 2]`` in px^2 of an ``H_from x W_from`` grid to ``H_to x W_to``."""
     d = cov.new_tensor([W_to / W_from, H_to / H_from])
     return cov * d[:, None] * d[None, :]
-
-
-def rescale_precision(prec: Tensor, H_from: int, W_from: int, H_to: int, W_to: int) -> Tensor:
-    """Precision ``[..., 2, 2]`` in px^-2 of one grid to another (the inverse of the above)."""
-    d = prec.new_tensor([W_from / W_to, H_from / H_to])
-    return prec * d[:, None] * d[None, :]

@@ -14,9 +14,11 @@ from torch import Tensor
 class DenseMatcher(Protocol):
     """A dense matcher with a per-image feature cache.
 
-    ``encode(images)``: ``images`` is ``[B x 3 x H x W]`` float in [0, 1], RGB, any size (the
-    matcher resizes to its working resolution). Returns opaque per-image features that can be
-    matched against any other image's features any number of times.
+    ``encode(images)``: ``images`` is ``[B x 3 x H x W]`` RGB, uint8 or float in [0, 1], any
+    size (the matcher resizes to its working resolution), on the matcher's device. Returns
+    opaque features of the B images that can be matched against any other images' features
+    any number of times. Batched features support ``feats[i:j]`` (a sub-batch) and, for
+    batches of several pairs, ``type(feats).cat([f1, f2, ...])`` (see :func:`cat_features`).
 
     ``match_features(feats_A, feats_B)`` returns a dict of tensors on the output grid
     ``H_out x W_out`` of image A (``output_hw``):
@@ -36,3 +38,11 @@ class DenseMatcher(Protocol):
     def encode(self, images: Tensor) -> Any: ...
 
     def match_features(self, feats_A: Any, feats_B: Any) -> dict[str, Tensor]: ...
+
+
+def cat_features(feats: list) -> Any:
+    """Features of several batches as one batch (in order); a single one as it is, so a
+    matcher without ``cat`` still serves one pair at a time."""
+    if len(feats) == 1:
+        return feats[0]
+    return type(feats[0]).cat(feats)

@@ -70,6 +70,16 @@ class ImageFeatures:
             fine_hr=None if self.fine_hr is None else {s: t[index]
                                                        for s, t in self.fine_hr.items()})
 
+    @classmethod
+    def cat(cls, parts: list['ImageFeatures']) -> 'ImageFeatures':
+        """Several batches' features as one batch, in order (batched matching of pairs)."""
+        def cat_maps(maps):
+            return {s: torch.cat([m[s] for m in maps]) for s in maps[0]}
+        return cls(coarse=[torch.cat(ts) for ts in zip(*(p.coarse for p in parts))],
+                   fine=cat_maps([p.fine for p in parts]),
+                   fine_hr=None if parts[0].fine_hr is None else
+                   cat_maps([p.fine_hr for p in parts]))
+
 
 def _resize(images: Tensor, H: int, W: int) -> Tensor:
     """The official input resize: bicubic, antialiased, aspect ratio not kept."""

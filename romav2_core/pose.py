@@ -19,18 +19,18 @@ Hessian is the 5-DoF covariance.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
 import cv2
 import numpy as np
 
+from romav2_core.camera import DISTORTION_MODELS
 #: Variance (m^2) put along the unobservable translation scale direction.
 UNOBSERVABLE_VARIANCE = 1e6
 #: Smallest eigenvalue kept in the returned covariance (keeps it positive definite).
 MIN_EIGENVALUE = 1e-12
-#: CameraInfo distortion models understood by :func:`normalize_points`.
-DISTORTION_MODELS = ('plumb_bob', 'rational_polynomial', 'equidistant')
 #: Fewest matches the estimator accepts (the 5-point solver plus a margin for RANSAC).
 MIN_MATCHES = 8
 
@@ -47,10 +47,24 @@ class PoseEstimate:
     num_inliers: int
     mean_epipolar_error: float    # mean Sampson distance of the inliers, px (mean focal length)
     scale_observable: bool = False
+    #: Metric (PnP) poses: mean reprojection error of the inliers in B, px; NaN otherwise.
+    mean_reprojection_error: float = float('nan')
 
     @property
     def quaternion_xyzw(self) -> np.ndarray:
         return rotation_to_quaternion(self.R)
+
+    def in_camera_frames(self, R_rect_a: np.ndarray, R_rect_b: np.ndarray) -> 'PoseEstimate':
+        """This pose, estimated between two *rectified* frames, between the cameras' optical
+        frames. CameraInfo's ``R`` maps an optical frame into its rectified frame
+        (``p_rect = R p_cam``), so ``p_B = R_b^T R R_a p_A + R_b^T t``; a rotation
+        perturbation ``d_theta`` about B's rectified axes is ``R_b^T d_theta`` about B's
+        optical axes, hence the covariance ``M C M^T`` with ``M = diag(R_b^T, R_b^T)``."""
+        Rb_t = np.asarray(R_rect_b, np.float64).T
+        M = np.kron(np.eye(2), Rb_t)
+        return dataclasses.replace(
+            self, R=Rb_t @ self.R @ np.asarray(R_rect_a, np.float64), t=Rb_t @ self.t,
+            covariance=M @ self.covariance @ M.T)
 
 
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:

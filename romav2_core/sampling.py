@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -93,3 +94,27 @@ def sample(preds: dict, num: int, generator: Optional[torch.Generator] = None) -
                         precision_A=None if prec_A is None else prec_A[keep],
                         precision_B=prec_B[keep]))
     return out
+
+
+#: Cells per side of the grid that :func:`balanced_indices` spreads matches over.
+BALANCE_CELLS = 32
+
+
+def balanced_indices(points_a, certainty, num: int, rng, hw_a: tuple[int, int]):
+    """Indices of ``num`` of the ``[N x 2]`` matches (``points_a`` in OpenCV px of A, numpy):
+    drawn with probability proportional to ``certainty``, then thinned to an even spread over
+    A (inverse density on a ``BALANCE_CELLS`` square grid; the idea of the KDE balancing
+    above at a fraction of its cost, for the node's per-pair sampling). All of them when there
+    are at most ``num``. ``rng``: a ``numpy.random.Generator``."""
+    n = len(certainty)
+    if n <= num:
+        return np.arange(n)
+    p = certainty / certainty.sum()
+    cand = rng.choice(n, size=min(EXPANSION * num, n), replace=False, p=p)
+    cells = BALANCE_CELLS
+    cx = np.clip((points_a[cand, 0] / hw_a[1] * cells).astype(int), 0, cells - 1)
+    cy = np.clip((points_a[cand, 1] / hw_a[0] * cells).astype(int), 0, cells - 1)
+    cell = cy * cells + cx
+    density = np.bincount(cell, minlength=cells * cells)[cell]
+    w = 1.0 / density
+    return cand[rng.choice(len(cand), size=num, replace=False, p=w / w.sum())]

@@ -104,11 +104,6 @@ def serialize(msg) -> bytes:
     return serialize_message(msg)
 
 
-def stamp_ns(stamp) -> int:
-    """A ``builtin_interfaces/Time`` as integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 @contextmanager
 def open_reader(path: str | Path) -> Iterator[Reader]:
     """A rosbags Reader whose opening failures are :class:`BagError`; closed on exit."""

@@ -11,6 +11,15 @@ Two statuses (``diagnostic_msgs/DiagnosticStatus``), hardware_id = the node's na
   the last period, ms), skipped pairs (no subscribers), pairs lost to faults (``oom``: CUDA
   out of memory, ``worker_errors``: unexpected exceptions), GPU memory when CUDA is used.
   WARN while faults happened in the last period.
+* ``<node>: stereo calibration`` (stereo mode): on rectified inputs a true match has no
+  vertical disparity, so the matches measure the calibration error: the median and 90th
+  percentile of ``|y_A - y_B|`` over confident matches (px, the latest pair) and, when the pose
+  is estimated, the angle between the estimated and the calibrated baseline. WARN "stereo
+  calibration may be off: ..." above ``rectification_warn_px`` / ``baseline_warn_deg``.
+* ``<node>: odometry`` (stereo_odometry mode): tracking state (OK: the latest frame was
+  chained; LOST: its metric pose failed; RESET: a new segment started, after a stamp jump, a
+  bad input or a failure), the latest inlier ratio and mean reprojection error (px), the
+  segment number and the count of resets. WARN while not OK.
 
 Updates come from the subscription callbacks and from the worker thread; a lock guards them.
 The 1 Hz timer runs on the steady clock, so diagnostics keep flowing while a simulated clock is
@@ -30,7 +39,7 @@ class Diagnostics:
     ``name``. ``inputs``: the input topics, whose last arrival is tracked (:meth:`seen`)."""
 
     def __init__(self, node, inputs_hint: str, device: str = 'cpu', inputs=(),
-                 name: str = 'romav2_node'):
+                 name: str = 'romav2_node', mode: str = 'stereo'):
         self._node = node
         self._name = node.get_name() if node is not None else name
         self._hint = inputs_hint
@@ -45,6 +54,13 @@ class Diagnostics:
         self._latency = defaultdict(list)     # stage -> seconds in the current period
         self._last_pair = time.monotonic()
         self._last_publish = time.monotonic()
+        self._stereo = mode in ('stereo', 'stereo_odometry')
+        self._odometry = mode == 'stereo_odometry'
+        self._health = None                   # RectificationHealth of the latest pair
+        self._tracking = (None, {})           # odometry state and quality of the latest set
+        #: WARN limits of the calibration check (the node keeps them up to date).
+        self.health_limits = {'rectification_warn_px': 1.0, 'baseline_warn_deg': 2.0}
+        self.state = None                     # lifecycle state label, shown when set
         if node is not None:
             from diagnostic_msgs.msg import DiagnosticArray
             from rclpy.clock import Clock, ClockType
@@ -84,6 +100,18 @@ class Diagnostics:
             peak = f'{key}_max'
             self.gauges[peak] = max(self.gauges.get(peak, value), value)
 
+    def health(self, health) -> None:
+        """The rectification check of the latest stereo pair (a RectificationHealth)."""
+        with self._lock:
+            self._health = health
+
+    def odometry(self, state: str, quality: dict) -> None:
+        """The odometry's tracking state after the latest set (OK / LOST / RESET)."""
+        with self._lock:
+            if state != 'OK':
+                self.counts[f'odometry_{state.lower()}'] += 1
+            self._tracking = (state, dict(quality))
+
     def latency(self, timings: dict) -> None:
         with self._lock:
             for stage, seconds in timings.items():
@@ -111,6 +139,8 @@ class Diagnostics:
             idle = now - self._last_pair
             silent = self._silent_inputs(now)
             faults = {k: self._period.get(k, 0) for k in ('oom', 'worker_errors')}
+            health, limits = self._health, dict(self.health_limits)
+            tracking = self._tracking
             self._period.clear()
             self._latency.clear()
         name = self._name
@@ -151,10 +181,72 @@ class Diagnostics:
             proc.values += kv({f'latency_{stage}_ms_mean': f'{1e3 * sum(values) / len(values):.1f}',
                                f'latency_{stage}_ms_max': f'{1e3 * max(values):.1f}'})
         proc.values += kv(self._gpu())
-        return [inp, proc]
+        if self.state is not None:
+            proc.values += kv({'lifecycle_state': self.state})
+        statuses = [inp, proc]
+        if self._stereo:
+            statuses.append(_calibration_status(name, health, limits, DiagnosticStatus, kv))
+        if self._odometry:
+            statuses.append(_odometry_status(name, tracking, counts, DiagnosticStatus, kv))
+        return statuses
+
+    def close(self) -> None:
+        """Destroy the timer and the publisher (a lifecycle cleanup)."""
+        if self._node is not None:
+            self._node.destroy_timer(self._timer)
+            self._node.destroy_publisher(self._pub)
+            self._node = None
 
     def publish(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray
         msg = DiagnosticArray(status=self.statuses())
         msg.header.stamp = self._node.get_clock().now().to_msg()
         self._pub.publish(msg)
+
+
+def _odometry_status(name, tracking, counts, DiagnosticStatus, kv):
+    """``<node>: odometry``: tracking state and quality of the latest set."""
+    state, quality = tracking
+    st = DiagnosticStatus(name=f'{name}: odometry', hardware_id=name,
+                          level=DiagnosticStatus.OK, message='tracking')
+    st.values = kv({'tracking': state or 'WAITING',
+                    'resets': counts.get('odometry_reset', 0),
+                    'lost': counts.get('odometry_lost', 0)})
+    st.values += kv({k: f'{v:.3f}' if isinstance(v, float) else v for k, v in quality.items()})
+    if state is None:
+        st.message = 'no stereo pair processed yet'
+    elif state != 'OK':
+        st.level = DiagnosticStatus.WARN
+        st.message = {'LOST': 'tracking lost: no metric pose for the latest frame (see '
+                              'bad_input.pose_failed); the next frame starts a new segment',
+                      'RESET': 'a new odometry segment started (first frame, stamp jump or '
+                               'bad input): the motion across the gap is not integrated'}[state]
+    return st
+
+
+def _calibration_status(name, health, limits, DiagnosticStatus, kv):
+    """``<node>: stereo calibration`` from the latest RectificationHealth (None: no pair yet)."""
+    st = DiagnosticStatus(name=f'{name}: stereo calibration', hardware_id=name,
+                          level=DiagnosticStatus.OK, message='ok')
+    if health is None or not health.num_matches:
+        st.message = 'no rectified stereo pair with confident matches yet'
+        return st
+    st.values = kv({'vertical_disparity_median_px': f'{health.vertical_median_px:.3f}',
+                    'vertical_disparity_p90_px': f'{health.vertical_p90_px:.3f}',
+                    'confident_matches': health.num_matches})
+    problems = []
+    if health.vertical_median_px > limits['rectification_warn_px']:
+        problems.append(f'median vertical disparity {health.vertical_median_px:.2f} px '
+                        f'(90th percentile {health.vertical_p90_px:.2f} px) over '
+                        f'{health.num_matches} confident matches, limit '
+                        f'{limits["rectification_warn_px"]:g} px')
+    if health.baseline_angle_deg is not None:
+        st.values += kv({'baseline_angle_deg': f'{health.baseline_angle_deg:.3f}'})
+        if health.baseline_angle_deg > limits['baseline_warn_deg']:
+            problems.append(f'estimated baseline {health.baseline_angle_deg:.2f} deg from the '
+                            f'calibrated one, limit {limits["baseline_warn_deg"]:g} deg')
+    if problems:
+        st.level = DiagnosticStatus.WARN
+        st.message = 'stereo calibration may be off: ' + '; '.join(problems) + \
+            ' (recalibrate, or check that both images are rectified with this calibration)'
+    return st

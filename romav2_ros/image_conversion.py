@@ -1,10 +1,13 @@
-"""sensor_msgs Image / CompressedImage <-> numpy, with cv_bridge semantics.
+"""sensor_msgs Image / CompressedImage <-> numpy, with cv_bridge semantics, on every install.
 
-``cv_bridge`` is used when it imports (a ROS install); otherwise this module's numpy
-implementation, which follows it: arrays are ``[H x W]`` for one channel and ``[H x W x C]``
-otherwise, in the message's channel order (``passthrough``) or converted to a requested colour
-encoding; rows may be padded (``step`` > width * pixel size); ``is_bigendian`` is honoured.
-Float images keep NaN (``32FC*``: NaN means "no value", as in depth images).
+One implementation everywhere (a ROS install's ``cv_bridge`` is not used, so the tested code is
+the code that runs): arrays are ``[H x W]`` for one channel and ``[H x W x C]`` otherwise, in the
+message's channel order (``passthrough``) or converted to a requested colour encoding; rows may
+be padded (``step`` > width * pixel size); ``is_bigendian`` is honoured. Float images keep NaN
+(``32FC*``: NaN means "no value", as in depth images). Camera drivers' raw formats are
+accepted as cv_bridge accepts them: Bayer mosaics (``bayer_rggb8`` ... and their 16-bit
+versions, demosaiced) and packed YUV 4:2:2 (``yuv422``/``uyvy`` = UYVY, ``yuv422_yuy2``/``yuyv``
+= YUYV byte order).
 
 Every malformed message raises :class:`InputError` (a ``ValueError``) with a short ``code`` the
 node counts in its diagnostics. Images larger than :data:`MAX_IMAGE_PIXELS` are refused
@@ -12,14 +15,10 @@ node counts in its diagnostics. Images larger than :data:`MAX_IMAGE_PIXELS` are 
 """
 from __future__ import annotations
 
+import re
+
 import cv2
 import numpy as np
-
-try:  # a ROS install's cv_bridge (NumPy-2 builds only; see README.md (section "The node"))
-    from cv_bridge import CvBridge as _CvBridge
-    _BRIDGE = _CvBridge()
-except ImportError:  # pragma: no cover - depends on the installation
-    _BRIDGE = None
 
 #: Largest ``width * height`` accepted (33.5 MP, e.g. 8192 x 4096): above it a message is
 #: refused with code ``too_large`` before its data is touched. An 8K frame (7680 x 4320)
@@ -35,10 +34,22 @@ ENCODINGS: dict[str, tuple[np.dtype, int]] = {
     '8UC4': (np.dtype(np.uint8), 4), '16UC1': (np.dtype(np.uint16), 1),
     '32FC1': (np.dtype(np.float32), 1), '32FC2': (np.dtype(np.float32), 2),
     '32FC3': (np.dtype(np.float32), 3),
+    # Camera drivers' raw formats (image_raw): a Bayer mosaic, packed YUV 4:2:2.
+    **{f'bayer_{p}{bits}': (np.dtype(np.uint8 if bits == 8 else np.uint16), 1)
+       for p in ('rggb', 'bggr', 'gbrg', 'grbg') for bits in (8, 16)},
+    'yuv422': (np.dtype(np.uint8), 2), 'uyvy': (np.dtype(np.uint8), 2),
+    'yuv422_yuy2': (np.dtype(np.uint8), 2), 'yuyv': (np.dtype(np.uint8), 2),
 }
 #: Colour encodings a message can be converted to (``desired_encoding``), with their layout.
 _COLOUR = {'rgb8': 'RGB', 'bgr8': 'BGR', 'rgba8': 'RGBA', 'bgra8': 'BGRA', 'mono8': 'GRAY',
            '8UC3': 'BGR', '8UC4': 'BGRA', '8UC1': 'GRAY'}
+#: Source-only formats -> the OpenCV conversion to RGB. ROS names a Bayer pattern by its first
+#: row (rggb: R G / G B), OpenCV by the second row's first two pixels, hence the shift (the
+#: same table as cv_bridge's).
+_RAW = {'bayer_rggb': cv2.COLOR_BayerBG2RGB, 'bayer_bggr': cv2.COLOR_BayerRG2RGB,
+        'bayer_gbrg': cv2.COLOR_BayerGR2RGB, 'bayer_grbg': cv2.COLOR_BayerGB2RGB,
+        'yuv422': cv2.COLOR_YUV2RGB_UYVY, 'uyvy': cv2.COLOR_YUV2RGB_UYVY,
+        'yuv422_yuy2': cv2.COLOR_YUV2RGB_YUYV, 'yuyv': cv2.COLOR_YUV2RGB_YUYV}
 
 
 class InputError(ValueError):
@@ -80,8 +91,9 @@ def imgmsg_to_numpy(msg, desired_encoding: str = 'passthrough',
     if len(msg.data) != step * h:
         raise InputError('step_mismatch', f'data has {len(msg.data)} bytes, expected step '
                                           f'{step} x height {h} = {step * h}')
-    if _BRIDGE is not None:
-        return _BRIDGE.imgmsg_to_cv2(msg, desired_encoding)
+    if channels == 2 and msg.encoding in _RAW and w % 2:
+        raise InputError('step_mismatch', f'{msg.encoding} packs pixel pairs: the width {w} '
+                                          f'must be even')
     raw = np.frombuffer(bytes(msg.data), np.uint8).reshape(h, step)[:, :row]
     order = '>' if msg.is_bigendian else '<'
     arr = raw.copy().view(dtype.newbyteorder(order)).astype(dtype, copy=False)
@@ -89,20 +101,30 @@ def imgmsg_to_numpy(msg, desired_encoding: str = 'passthrough',
     return convert_encoding(arr, msg.encoding, desired_encoding)
 
 
-def convert_encoding(arr: np.ndarray, encoding: str, desired: str) -> np.ndarray:
-    """Colour conversion between 8-bit encodings (cv_bridge's ``cvtColor`` semantics).
+def _raw_layout(encoding: str):
+    """The OpenCV conversion of a Bayer/YUV encoding (any bit depth) to RGB, or None."""
+    return _RAW.get(re.sub(r'^(bayer_[a-z]{4})(8|16)$', r'\1', encoding))
 
-    ``mono16`` converts to 8-bit colour by dividing by 256, as cv_bridge does.
+
+def convert_encoding(arr: np.ndarray, encoding: str, desired: str) -> np.ndarray:
+    """Colour conversion to an 8-bit colour encoding (cv_bridge's ``cvtColor`` semantics).
+
+    ``mono16``/``16UC1``/16-bit Bayer convert to 8 bits by dividing by 256, as cv_bridge does;
+    Bayer mosaics are demosaiced, YUV 4:2:2 decoded (ITU-R BT.601, as OpenCV).
     """
     if desired in ('passthrough', encoding):
         return arr
-    src = _COLOUR.get(encoding, 'GRAY16' if encoding in ('mono16', '16UC1') else None)
     dst = _COLOUR.get(desired)
-    if src is None or dst is None:
+    raw = _raw_layout(encoding)
+    src = _COLOUR.get(encoding, 'GRAY16' if encoding in ('mono16', '16UC1') else None)
+    if dst is None or (src is None and raw is None):
         raise InputError('unsupported_encoding',
                          f'cannot convert {encoding!r} to {desired!r}')
-    if src == 'GRAY16':
-        arr, src = (arr >> 8).astype(np.uint8), 'GRAY'
+    if arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+        src = 'GRAY' if src == 'GRAY16' else src
+    if raw is not None:
+        arr, src = cv2.cvtColor(arr, raw), 'RGB'
     if src == dst:
         return arr
     return cv2.cvtColor(arr, getattr(cv2, f'COLOR_{src}2{dst}'))
@@ -180,25 +202,39 @@ def numpy_to_compressed(arr: np.ndarray, encoding: str, fmt: str = 'jpeg', heade
     return msg
 
 
-def to_rgb_float(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Any supported Image or CompressedImage as ``[H x W x 3]`` float32 RGB in [0, 1].
+def to_rgb(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Any supported Image or CompressedImage as ``[H x W x 3]`` RGB: the model input.
 
-    The model input. Integer images are scaled by their type's maximum; float images are taken
-    as intensities in [0, 1] (clipped, NaN -> 0). Alpha is dropped, grey is replicated.
+    8-bit sources (incl. Bayer8 and YUV) give ``uint8`` (uploaded as is, converted on the
+    model's device); 16-bit sources give float32 ``value / 65535`` and float images float32
+    intensities clipped to [0, 1] (NaN -> 0). Alpha is dropped, grey is replicated, Bayer is
+    demosaiced at its own bit depth.
     """
     if hasattr(msg, 'format'):
         arr, encoding = compressed_to_numpy(msg, max_pixels)
     else:
         arr, encoding = imgmsg_to_numpy(msg, max_pixels=max_pixels), msg.encoding
-    if arr.dtype == np.float32:
-        arr = np.clip(np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+    raw = _raw_layout(encoding)
+    if raw is not None:
+        rgb = cv2.cvtColor(arr, raw)
+    elif arr.ndim == 2:
+        rgb = np.repeat(arr[:, :, None], 3, axis=2)
+    elif arr.shape[2] == 2:  # 32FC2 has no colour meaning; use its first channel as grey
+        rgb = np.repeat(arr[:, :, :1], 3, axis=2)
+    elif encoding in ('bgr8', 'bgra8', '8UC3', '8UC4'):  # OpenCV's default channel order
+        rgb = arr[:, :, 2::-1]
     else:
-        arr = arr.astype(np.float32) / np.iinfo(arr.dtype).max
-    if arr.ndim == 2:
-        return np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.shape[2] == 2:  # 32FC2 has no colour meaning; use its first channel as grey
-        return np.repeat(arr[:, :, :1], 3, axis=2)
-    rgb = arr[:, :, :3]
-    if encoding in ('bgr8', 'bgra8', '8UC3', '8UC4'):  # OpenCV's default channel order
-        rgb = rgb[:, :, ::-1]
-    return np.ascontiguousarray(rgb)
+        rgb = arr[:, :, :3]
+    if rgb.dtype == np.uint8:
+        return np.ascontiguousarray(rgb)
+    if rgb.dtype == np.float32:
+        return np.ascontiguousarray(
+            np.clip(np.nan_to_num(rgb, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0))
+    return (rgb.astype(np.float32) / np.iinfo(rgb.dtype).max)
+
+
+def rgb8(image: np.ndarray) -> np.ndarray:
+    """A :func:`to_rgb` image as uint8 RGB (for pictures): float [0, 1] scaled by 255."""
+    if image.dtype == np.uint8:
+        return image
+    return (np.clip(image, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)

@@ -1,16 +1,30 @@
-"""``romav2_node``: RoMa v2 dense matching as a ROS 2 node (stereo or sequential).
+"""``romav2_node`` / ``romav2_lifecycle_node``: RoMa v2 dense matching as a ROS 2 node.
+
+Both executables run the same code (:class:`MatchingNodeCore`): the plain node configures and
+activates itself at start; the managed node (``rclpy.lifecycle``, as Nav2 and Isaac ROS) waits
+for a lifecycle manager, or does both itself with ``autostart:=true``:
+
+==============  =====================================================================
+transition      what happens
+==============  =====================================================================
+configure       build the matcher on the worker thread, load the weights, warm up; then
+                create the publishers, ``/diagnostics`` and the subscriptions. A failure
+                (missing or foreign weights, bad parameters) fails the transition with the
+                reason in the log; the node stays unconfigured and alive.
+activate        inputs are processed and outputs published.
+deactivate      inputs are ignored (counted as ``ignored_inactive``), nothing is published;
+                a sequence restarts at the next activation.
+cleanup         subscriptions and publishers destroyed, the matcher and its GPU memory
+                released; back to unconfigured.
+shutdown        from any state: as cleanup, then the node is finalized.
+==============  =====================================================================
 
 Threading: subscription and synchroniser callbacks run on a SingleThreadedExecutor and only put
 the latest synchronised set into a drop-oldest queue of size 1 (a newer set replaces an
-unprocessed one; counted as ``dropped``). One worker thread owns the model: it builds it, warms
-it up and runs :class:`~romav2_ros.pipeline.MatchingPipeline` on each set, then publishes.
-Outputs are computed only for topics with subscribers and ``publish_<key>`` true.
-
-Startup is all-or-nothing: publishers (outputs and ``/diagnostics``) and subscriptions are
-created only after the model is built and warmed up; a model that cannot be built (missing,
-truncated or foreign weights, bad parameters) ends the process with a message saying what to
-do and exit status 1. (rclpy itself advertises ``/rosout``, ``/parameter_events`` and the
-parameter services when the node object is created, before the model.)
+unprocessed one; counted as ``dropped``). One worker thread owns the matcher: it builds it,
+warms it up and runs :class:`~romav2_ros.pipeline.MatchingPipeline` on each set, then
+publishes. Outputs are computed only for topics with subscribers and ``publish_<key>`` true.
+Each set is processed with one snapshot of the runtime parameters.
 
 Faults never end the worker: CUDA out-of-memory drops that pair (counted as ``oom``, the CUDA
 cache is emptied) and any other exception is logged with its traceback and counted
@@ -20,6 +34,7 @@ Topics, parameters and conventions: README.md (section "The node").
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import threading
@@ -29,18 +44,25 @@ import traceback
 import rclpy
 import rclpy.exceptions
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from romav2_ros import matchers, params
+from romav2_ros import matchers, messages, params
 from romav2_ros.diagnostics import Diagnostics
-from romav2_ros.pipeline import OUTPUTS, VIZ_OUTPUTS, InputError, MatchingPipeline
-from romav2_ros.sync import ApproximateTimeSynchronizer, ExactTimeSynchronizer, Subscriber
+from romav2_ros.pipeline import TF, VIZ_OUTPUTS, InputError, MatchingPipeline, mode_outputs
+from romav2_ros import sync as synchronizers
+from romav2_ros.sync import Subscriber
 
 #: Seconds between repeated log lines of the same bad-input reason.
 LOG_REPEAT_S = 30.0
-INPUT_TOPICS = {'stereo': ('left/image_rect', 'left/camera_info', 'right/image_rect',
-                           'right/camera_info'),
-                'sequential': ('image', 'camera_info')}
+_STEREO_TOPICS = ('left/image_rect', 'left/camera_info', 'right/image_rect',
+                  'right/camera_info')
+INPUT_TOPICS = {'stereo': _STEREO_TOPICS, 'sequential': ('image', 'camera_info'),
+                'stereo_odometry': _STEREO_TOPICS}
+#: TF broadcasting as tf2_ros.TransformBroadcaster does it: /tf, reliable, depth 100.
+TF_TOPIC, TF_DEPTH = '/tf', 100
+NODE_NAME = 'romav2_node'
 
 
 class StartupError(RuntimeError):
@@ -74,65 +96,138 @@ class LatestQueue:
         return int(self._item is not None)
 
 
-def _output_type(key: str):
-    from geometry_msgs.msg import PoseWithCovarianceStamped
-    from romav2_interfaces.msg import RelativePose, SampledMatches
-    from sensor_msgs.msg import Image
-    from stereo_msgs.msg import DisparityImage
-    return {'disparity': DisparityImage, 'matches': SampledMatches,
-            'relative_pose': PoseWithCovarianceStamped,
-            'relative_pose_info': RelativePose}.get(key, Image)
+class MatchingNodeCore:
+    """The node's behaviour, mixed into an rclpy ``Node`` or ``LifecycleNode``.
 
+    The transitions (:meth:`_configure`, :meth:`_activate`, :meth:`_deactivate`,
+    :meth:`_cleanup`) are those of the module docstring's table; the plain node runs the
+    first two at start and the last at exit.
+    """
 
-class RoMaV2Node(Node):
-    """See the module docstring. Call :meth:`start` before spinning, :meth:`close` after."""
-
-    def __init__(self, **kwargs):
-        super().__init__('romav2_node', **kwargs)
+    def _init_core(self, extra_params: tuple = ()) -> None:
         self.add_on_set_parameters_callback(params.validate)
-        self.values = params.declare(self)
+        values = params.declare(self, extra_params)
         self.add_post_set_parameters_callback(self._apply_parameters)
+        self._init_state(values)
+
+    def _init_state(self, values: dict) -> None:
+        """Everything but the rclpy declarations (``values``: parameter name -> value)."""
+        self.values = values
         self.mode = self.values['mode']
         self.device = params.resolve_device(self.values['device'])
         self.pipeline = None
         self.diagnostics = None
         self.queue = LatestQueue()
+        self.pubs = {}
+        self._tf_pub = None
+        self._subs = []
+        self._worker = None
         self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._failure = None
-        self._worker = threading.Thread(target=self._work, name='romav2_worker', daemon=True)
+        self._active = False
+        self._generation = 0          # bumped at activation: the worker restarts sequences
         self._last_log = {}
         self._last_viz = 0.0
-        self.pubs = {}
 
-    # ------------------------------------------------------------------ lifecycle
-    def start(self) -> None:
-        """Build the model on the worker thread, then open topics. Raises StartupError."""
+    # ------------------------------------------------------------------ transitions
+    def _configure(self) -> None:
+        """Matcher (worker thread), publishers, diagnostics, subscriptions. StartupError."""
+        self._start_worker()
+        self._open_topics()
+        self.get_logger().info(f'configured (inactive): mode={self.mode}')
+
+    def _start_worker(self) -> None:
+        """The worker thread: it builds the pipeline, then processes; StartupError."""
+        ready, failure = threading.Event(), []
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, args=(ready, failure),
+                                        name='romav2_worker', daemon=True)
         self._worker.start()
-        while not self._ready.wait(0.1):
+        while not ready.wait(0.1):
             pass
-        if self._failure is not None:
-            raise StartupError(_explain(self._failure, self.values)) from self._failure
+        if failure:
+            self._worker.join()
+            self._worker = None
+            raise StartupError(_explain(failure[0], self.values)) from failure[0]
+
+    def _open_topics(self) -> None:
         out_qos = params.qos_profile(self.values['output_qos'], self.values['output_qos_depth'])
-        for key in OUTPUTS:
-            if key == 'disparity' and self.mode != 'stereo':
-                continue
-            self.pubs[key] = self.create_publisher(_output_type(key), '~/' + key, out_qos)
+        for key in mode_outputs(self.mode):
+            self.pubs[key] = self._create_output_publisher(messages.output_type(key), '~/' + key,
+                                                           out_qos)
+        if self.mode == 'stereo_odometry' and self.values['publish_tf']:
+            self._tf_pub = self._create_tf_publisher()
         topics = INPUT_TOPICS[self.mode]
         resolved = self._input_names(topics)
-        self.diagnostics = Diagnostics(self, ' and '.join(resolved), self.device,
-                                       inputs=resolved)
+        self.diagnostics = self._new_diagnostics(resolved)
+        self._update_health_limits()
         self._subscribe(topics)
+
+    def _activate(self) -> None:
+        self._generation += 1
+        self._active = True
+        if self.diagnostics is not None:
+            self.diagnostics.state = 'active'
+        # launch files (replay.launch.py) wait for this line
         self.get_logger().info(
             f'ready: mode={self.mode}, model_source={self.values["model_source"]}, '
-            f'device={self.device}, inputs={[self.resolve_topic_name(t) for t in topics]}')
+            f'device={self.device}, inputs={self._input_names(INPUT_TOPICS[self.mode])}')
 
-    def close(self) -> None:
-        """Stop and join the worker (idempotent)."""
+    def _deactivate(self) -> None:
+        self._active = False
+        if self.queue.get(0.0) is not None:
+            self.diagnostics.count('ignored_inactive')
+        self.diagnostics.state = 'inactive'
+
+    def _cleanup(self) -> None:
+        """Stop and join the worker, destroy topics, release the matcher (idempotent)."""
+        self._active = False
         self._stop.set()
-        if self._worker.is_alive():
+        if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=30)
+        self._worker = None
+        for sub in self._subs:
+            self.destroy_subscription(sub.sub)
+        self._subs = []
+        for pub in self.pubs.values():
+            self._destroy_output_publisher(pub)
+        self.pubs = {}
+        if self._tf_pub is not None:
+            self._destroy_output_publisher(self._tf_pub[0])
+            self._tf_pub = None
+        if self.diagnostics is not None:
+            self.diagnostics.close()
+            self.diagnostics = None
+        self.queue.get(0.0)
+        self.pipeline = None
+        if str(self.device).startswith('cuda'):   # give the matcher's memory back now
+            import torch
+            gc.collect()
+            torch.cuda.empty_cache()
 
+    def _create_output_publisher(self, msg_type, topic, qos):
+        return self.create_publisher(msg_type, topic, qos)
+
+    def _destroy_output_publisher(self, pub) -> None:
+        self.destroy_publisher(pub)
+
+    def _new_diagnostics(self, inputs: list) -> Diagnostics:
+        return Diagnostics(self, ' and '.join(inputs), self.device, inputs=inputs,
+                           mode=self.mode)
+
+    def _create_tf_publisher(self):
+        """(publisher, TFMessage) for /tf, or None with a warning when tf2_msgs is missing
+        (a ROS install has it; the PyPI wheels do not)."""
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError:
+            self.get_logger().warn('publish_tf: tf2_msgs is not installed, so no TF is '
+                                   'broadcast (~/odometry carries the same pose)')
+            return None
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        qos = QoSProfile(depth=TF_DEPTH, reliability=ReliabilityPolicy.RELIABLE)
+        return self._create_output_publisher(TFMessage, TF_TOPIC, qos), TFMessage
+
+    # ------------------------------------------------------------------ inputs
     def _input_names(self, topics) -> list:
         compressed = self.values['input_transport'] == 'compressed'
         return [self.resolve_topic_name(t + ('/compressed' if compressed and
@@ -140,29 +235,30 @@ class RoMaV2Node(Node):
                 for t in topics]
 
     def _subscribe(self, topics) -> None:
-        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
         compressed = self.values['input_transport'] == 'compressed'
         qos = params.qos_profile(self.values['input_qos'], self.values['input_qos_depth'])
-        filters = []
         for topic, name in zip(topics, self._input_names(topics)):
             if topic.endswith('camera_info'):
                 sub = Subscriber(self, CameraInfo, topic, qos_profile=qos)
             else:
                 sub = Subscriber(self, CompressedImage if compressed else Image,
-                                 topic + '/compressed' if compressed else topic, qos_profile=qos)
+                                 topic + '/compressed' if compressed else topic,
+                                 qos_profile=qos)
                 sub.registerCallback(lambda _msg: self.diagnostics.count('received'))
             sub.registerCallback(lambda _msg, name=name: self.diagnostics.seen(name))
-            filters.append(sub)
-        if self.values['approximate_sync']:
-            self._sync = ApproximateTimeSynchronizer(filters, self.values['sync_queue_size'],
-                                                     self.values['sync_slop'])
-        else:
-            self._sync = ExactTimeSynchronizer(filters, self.values['sync_queue_size'])
-        self._sync.registerCallback(self._on_synchronized)
+            self._subs.append(sub)
+        sync = synchronizers.from_parameters(self._subs, self.values)
+        sync.registerCallback(self._on_synchronized)
+        sync.registerDropCallback(lambda reason, msg: self._report(
+            'late_input', 'a set not newer than the last synchronised one arrived late and '
+                          'was dropped (a sequence is never restarted for it)'))
 
     def _on_synchronized(self, *msgs) -> None:
         """Executor thread: enqueue only (never model work here)."""
         self.diagnostics.count('synchronized')
+        if not self._active:
+            self.diagnostics.count('ignored_inactive')
+            return
         if self.queue.put(msgs):
             self.diagnostics.count('dropped')
         self.diagnostics.gauge('queue_depth', len(self.queue))
@@ -170,29 +266,39 @@ class RoMaV2Node(Node):
     def _apply_parameters(self, changed) -> None:
         for p in changed:
             self.values[p.name] = p.value
-            if self.pipeline is not None and hasattr(self.pipeline.config, p.name):
-                setattr(self.pipeline.config, p.name, p.value)
+        if self.pipeline is not None:  # a new snapshot; the set being processed keeps its own
+            self.pipeline.config = params.pipeline_config(self.values)
+        self._update_health_limits()
+
+    def _update_health_limits(self) -> None:
+        if self.diagnostics is not None:
+            self.diagnostics.health_limits = {k: self.values[k] for k in
+                                              ('rectification_warn_px', 'baseline_warn_deg')}
 
     # ------------------------------------------------------------------ worker thread
-    def _build(self) -> None:
-        """Matcher, warm-up and pipeline (worker thread, before any topic exists)."""
+    def _build_pipeline(self) -> None:
+        """Matcher, warm-up and pipeline (on the thread that will own the matcher)."""
         matcher = matchers.create(self.values['model_source'], params.model_config(self.values),
                                   self.device, self.values['weights'],
                                   self.values['random_seed'])
         if self.values['warmup']:
-            _warm_up(matcher, self.device)
+            _warm_up(matcher, self.device, self.mode)
         self.pipeline = MatchingPipeline(matcher, params.pipeline_config(self.values))
 
-    def _work(self) -> None:
+    def _work(self, ready: threading.Event, failure: list) -> None:
         try:
-            self._build()
-        except BaseException as exc:  # reported by start() on the main thread
-            self._failure = exc
+            self._build_pipeline()
+        except BaseException as exc:  # reported by _configure on the executor thread
+            failure.append(exc)
             return
         finally:
-            self._ready.set()
+            ready.set()
+        generation = self._generation
         while not self._stop.is_set():
             item = self.queue.get(timeout=0.1)
+            if generation != self._generation:   # re-activated: a fresh sequence
+                generation = self._generation
+                self.pipeline.reset()
             if item is not None:
                 self._handle(item)
 
@@ -210,6 +316,8 @@ class RoMaV2Node(Node):
     def _wanted(self) -> set:
         wanted = {k for k, pub in self.pubs.items()
                   if self.values[f'publish_{k}'] and pub.get_subscription_count() > 0}
+        if self._tf_pub is not None:   # TF listeners come and go: broadcast always
+            wanted.add(TF)
         rate = self.values['viz_rate']
         if wanted & set(VIZ_OUTPUTS):
             now = time.monotonic()
@@ -227,25 +335,28 @@ class RoMaV2Node(Node):
             self.pipeline.reset()
             return
         try:
-            if self.mode == 'stereo':
-                result = self.pipeline.process_stereo(*msgs, wanted)
-            else:
-                result = self.pipeline.process_sequential(*msgs, wanted)
+            result = self.pipeline.process(msgs, wanted)
         except InputError as exc:
             self._report(exc.code, exc.message)
             return
-        if result is None:
-            for note in self.pipeline.last_notes:  # e.g. a stamp jump restarting the sequence
-                code, _, text = note.partition(': ')
-                self._report(code, text)
-            return
-        t0 = time.perf_counter()
-        for key, msg in result.messages.items():
-            self.pubs[key].publish(msg)
-        result.timings['publish'] = time.perf_counter() - t0
-        self.diagnostics.latency(result.timings)
-        self.diagnostics.count('processed')
-        for note in result.notes:
+        if result.health is not None:
+            self.diagnostics.health(result.health)
+        if result.odometry_state is not None:
+            self.diagnostics.odometry(result.odometry_state, result.odometry_quality)
+        if result.paired:
+            if not self._active:   # deactivated while this set was being processed
+                self.diagnostics.count('ignored_inactive')
+                return
+            t0 = time.perf_counter()
+            for key, msg in result.messages.items():
+                self.pubs[key].publish(msg)
+            if result.transform is not None and self._tf_pub is not None:
+                pub, TFMessage = self._tf_pub
+                pub.publish(TFMessage(transforms=[result.transform]))
+            result.timings['publish'] = time.perf_counter() - t0
+            self.diagnostics.latency(result.timings)
+            self.diagnostics.count('processed')
+        for note in result.notes:  # e.g. a stamp jump restarting the sequence
             code, _, text = note.partition(': ')
             self._report(code, text)
 
@@ -298,14 +409,81 @@ class RoMaV2Node(Node):
         self._log_limited(code, f'bad input [{code}]: {text}', self.diagnostics.errors[code])
 
 
-def _warm_up(matcher, device: str) -> None:
-    """One pair through the model (lazy init, compilation, autotuning) before topics open."""
+class RoMaV2Node(MatchingNodeCore, Node):
+    """The plain node: :meth:`start` configures and activates (raises StartupError),
+    :meth:`close` cleans up."""
+
+    def __init__(self, **kwargs):
+        Node.__init__(self, NODE_NAME, **kwargs)
+        self._init_core()
+
+    def start(self) -> None:
+        self._configure()
+        self._activate()
+
+    def close(self) -> None:
+        self._cleanup()
+
+
+class RoMaV2LifecycleNode(MatchingNodeCore, LifecycleNode):
+    """The managed node: the transitions of the module docstring's table."""
+
+    def __init__(self, **kwargs):
+        LifecycleNode.__init__(self, NODE_NAME, **kwargs)
+        self._init_core(params.LIFECYCLE_PARAMS)
+
+    def on_configure(self, state) -> TransitionCallbackReturn:
+        try:
+            self._configure()
+        except (StartupError, ValueError, rclpy.exceptions.ParameterException) as exc:
+            self.get_logger().error(f'configure failed, staying unconfigured: {exc}')
+            self._cleanup()
+            return TransitionCallbackReturn.FAILURE
+        self.diagnostics.state = 'inactive'
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state) -> TransitionCallbackReturn:
+        self._activate()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._deactivate()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state) -> TransitionCallbackReturn:
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._cleanup()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _create_output_publisher(self, msg_type, topic, qos):
+        return self.create_lifecycle_publisher(msg_type, topic, qos)
+
+    def _destroy_output_publisher(self, pub) -> None:
+        self.destroy_lifecycle_publisher(pub)
+
+    def close(self) -> None:
+        self._cleanup()
+
+
+def _warm_up(matcher, device: str, mode: str) -> None:
+    """The node's shapes through the model once (lazy init, compilation, autotuning) before
+    topics open: a stereo pair (or one frame) encoded as one batch, and the pairs of one set
+    matched as one batch (stereo_odometry: the stereo and the temporal pair)."""
     import torch
+
+    from romav2_core.interface import cat_features
     h, w = matcher.output_hw
-    x = torch.rand(1, 3, h, w, device=device)
+    images = 1 if mode == 'sequential' else 2
+    x = torch.randint(0, 256, (images, 3, h, w), dtype=torch.uint8, device=device)
     with torch.inference_mode():
         f = matcher.encode(x)
-        matcher.match_features(f, f)
+        if mode == 'stereo_odometry':
+            matcher.match_features(cat_features([f[:1], f[:1]]), f)
+        else:
+            matcher.match_features(f[:1], f[-1:])
 
 
 def _explain(exc: BaseException, values: dict) -> str:
@@ -318,17 +496,19 @@ def _explain(exc: BaseException, values: dict) -> str:
                 f'download cache, or use model_source:=random for a demo without weights.')
     if isinstance(exc, ImportError):
         return f'cannot import the matcher ({text}); check model_source and the installation.'
+    if isinstance(exc, ValueError):
+        return f'invalid parameters: {exc}'
     return f'cannot build the matcher: {text}'
 
 
-def main(args=None) -> int:
-    rclpy.init(args=args)
-    log = rclpy.logging.get_logger('romav2_node')
+def _run(make_node, start) -> int:
+    """Create the node, ``start(node)``, spin until SIGINT/SIGTERM; the exit status."""
+    log = rclpy.logging.get_logger(NODE_NAME)
     node = None
     status = 0
     try:
-        node = RoMaV2Node()
-        node.start()
+        node = make_node()
+        start(node)
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         executor.spin()
@@ -352,7 +532,7 @@ def main(args=None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
         _release_context()
-    if os.path.basename(sys.argv[0]) == 'romav2_node':
+    if os.path.basename(sys.argv[0]) in ('romav2_node', 'romav2_lifecycle_node'):
         # The console script: everything is shut down (worker joined, node destroyed, DDS
         # participant released), so skip the interpreter's teardown of torch and its
         # extensions, which takes 0.7 s to several seconds on a loaded machine and would
@@ -361,6 +541,24 @@ def main(args=None) -> int:
         sys.stderr.flush()
         os._exit(status)
     return status
+
+
+def _autostart(node: RoMaV2LifecycleNode) -> None:
+    if node.values['autostart'] and \
+            node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+        node.trigger_activate()
+
+
+def main(args=None) -> int:
+    """``romav2_node``: configure and activate at start; exit 1 when that fails."""
+    rclpy.init(args=args)
+    return _run(RoMaV2Node, RoMaV2Node.start)
+
+
+def lifecycle_main(args=None) -> int:
+    """``romav2_lifecycle_node``: a managed node (``autostart:=true`` to bring it up)."""
+    rclpy.init(args=args)
+    return _run(RoMaV2LifecycleNode, _autostart)
 
 
 def _release_context() -> None:

@@ -13,9 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from romav2_core.capacity import check_fits
 from romav2_core.config import LOCAL_CORR_IMPLS, PRECISIONS, SETTINGS, RoMaV2Config
 from romav2_ros.image_conversion import MAX_IMAGE_PIXELS
-from romav2_ros.pipeline import OUTPUTS, PipelineConfig
+from romav2_ros.pipeline import MODES, OUTPUTS, PipelineConfig
 
 QOS_CHOICES = ('sensor_data', 'reliable', 'system_default')
 
@@ -33,10 +34,10 @@ class Param:
 
 PARAMS: tuple[Param, ...] = (
     Param('mode', 'stereo', 'stereo: match left -> right; sequential: frame t -> t-1',
-          choices=('stereo', 'sequential')),
+          choices=MODES),
     # --- model (RoMaV2Config fields, same names)
-    Param('setting', 'precise', 'RoMa v2 preset (resolution, refinement, bidirectional)',
-          choices=tuple(SETTINGS)),
+    Param('setting', 'base', 'RoMa v2 preset (resolution and refinement; see the README\'s '
+                             'measured costs)', choices=tuple(SETTINGS)),
     Param('H_lr', 0, 'coarse model input height; 0 = the preset\'s', range=(0, 4096, 16),
           units='px'),
     Param('W_lr', 0, 'coarse model input width; 0 = the preset\'s', range=(0, 4096, 16),
@@ -45,8 +46,8 @@ PARAMS: tuple[Param, ...] = (
                      '-1 = no high-resolution pass', range=(-1, 4096), units='px'),
     Param('W_hr', 0, 'high-resolution refinement width (multiple of 16); 0 = preset, '
                      '-1 = no high-resolution pass', range=(-1, 4096), units='px'),
-    Param('bidirectional', 'preset', 'also predict B -> A (costs time; not published)',
-          choices=('preset', 'true', 'false')),
+    Param('bidirectional', False, 'also predict B -> A; no output uses it, so it only costs '
+                                  'time (kept for parity with the official presets)'),
     Param('precision', 'auto', 'bf16 / fp16: the official mixed precision with that autocast '
                                'dtype; fp32: all fp32; auto: bf16 where the device has native '
                                'bf16 math, else fp32', choices=PRECISIONS),
@@ -84,16 +85,60 @@ PARAMS: tuple[Param, ...] = (
           range=(0.01, 100.0), units='px'),
     Param('rectified', True, 'inputs are rectified (use camera_info P); false: undistort '
                              'with K, D and distortion_model', runtime=True),
-    Param('max_stamp_jump', 5.0, 'a larger stamp gap (or a jump back) resets the sequence',
-          runtime=True, range=(0.0, 1e6), units='s'),
+    Param('max_stamp_jump', 5.0, 'a larger stamp gap (or a jump back) resets the sequence; '
+                                 'must exceed the frame period', runtime=True,
+          range=(0.001, 1e6), units='s'),
     Param('viz_rate', 2.0, 'largest rate of the *_viz topics; 0 = every processed pair',
           runtime=True, range=(0.0, 1000.0), units='Hz'),
     Param('viz_max_matches', 200, 'match lines drawn in ~/matches_viz', runtime=True,
           range=(1, 100000)),
+    Param('points_organized', True, '~/points2: organised H x W cloud with NaN for invalid '
+                                    'points (false: the valid points only, one row)',
+          runtime=True),
+    Param('points_stride', 1, '~/points2: keep every n-th row and column', runtime=True,
+          range=(1, 64)),
+    Param('rectification_warn_px', 1.0, 'stereo: WARN in /diagnostics when the median '
+                                        'vertical disparity of confident matches exceeds it',
+          runtime=True, range=(0.0, 100.0), units='px'),
+    Param('baseline_warn_deg', 2.0, 'stereo: WARN when the estimated baseline direction is '
+                                    'further than this from the calibrated one',
+          runtime=True, range=(0.0, 180.0), units='deg'),
+    # --- stereo_odometry
+    Param('odom_frame', 'odom', 'stereo_odometry: frame of ~/odometry and of the TF parent '
+                                '(the left camera\'s pose at the start)'),
+    Param('publish_tf', False, 'stereo_odometry: broadcast odom_frame -> left camera frame on '
+                               '/tf (needs tf2_msgs; the camera frame must have no other '
+                               'parent in the TF tree)'),
 ) + tuple(Param(f'publish_{key}', True, f'publish ~/{key} (only computed while subscribed)',
                 runtime=True) for key in OUTPUTS)
 
-BY_NAME = {p.name: p for p in PARAMS}
+#: Parameters of the managed node only (``romav2_lifecycle_node``).
+LIFECYCLE_PARAMS: tuple[Param, ...] = (
+    Param('autostart', False, 'configure and activate at start (what launch files\' '
+                              'lifecycle:=true sets); false: wait for a lifecycle manager'),
+)
+
+
+def resolve_device(value: str) -> str:
+    import torch
+    if value == 'auto':
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return value
+
+
+def qos_profile(kind: str, depth: int):
+    """``sensor_data``: best effort, volatile (rclpy's SensorDataQoS) with ``depth``;
+    ``reliable``: reliable, volatile; ``system_default``: the RMW's defaults."""
+    from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                           qos_profile_system_default)
+    if kind == 'system_default':
+        return qos_profile_system_default
+    reliability = ReliabilityPolicy.RELIABLE if kind == 'reliable' else \
+        ReliabilityPolicy.BEST_EFFORT
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
+                      durability=DurabilityPolicy.VOLATILE)
+
+BY_NAME = {p.name: p for p in PARAMS + LIFECYCLE_PARAMS}
 _DEVICE = re.compile(r'^(auto|cpu|cuda(:\d+)?)$')
 
 
@@ -116,10 +161,11 @@ def descriptor(p: Param):
     return d
 
 
-def declare(node) -> dict:
-    """Declare every parameter on ``node`` and return ``{name: value}``."""
-    node.declare_parameters('', [(p.name, p.default, descriptor(p)) for p in PARAMS])
-    return {p.name: node.get_parameter(p.name).value for p in PARAMS}
+def declare(node, extra: tuple = ()) -> dict:
+    """Declare every parameter (and ``extra`` ones) on ``node``; return ``{name: value}``."""
+    table = PARAMS + tuple(extra)
+    node.declare_parameters('', [(p.name, p.default, descriptor(p)) for p in table])
+    return {p.name: node.get_parameter(p.name).value for p in table}
 
 
 def check(name: str, value) -> Optional[str]:
@@ -160,11 +206,13 @@ def model_config(values: dict) -> RoMaV2Config:
         overrides.update(H_hr=None, W_hr=None)
     else:
         overrides.update({k: v for k, v in zip(('H_hr', 'W_hr'), hr) if v > 0})
-    if values['bidirectional'] != 'preset':
-        overrides['bidirectional'] = values['bidirectional'] == 'true'
+    # B -> A only when asked: no output uses it (the presets' bidirectional flag is ignored).
+    overrides['bidirectional'] = values['bidirectional']
     cfg = RoMaV2Config.from_setting(values['setting'], local_corr=values['local_corr'],
                                     **overrides)
-    return cfg.with_precision(values['precision'], resolve_device(values['device']))
+    device = resolve_device(values['device'])
+    check_fits(cfg.H_lr, cfg.W_lr, device)
+    return cfg.with_precision(values['precision'], device)
 
 
 def pipeline_config(values: dict) -> PipelineConfig:
@@ -172,23 +220,3 @@ def pipeline_config(values: dict) -> PipelineConfig:
     fields = PipelineConfig.__dataclass_fields__
     return PipelineConfig(**{k: values[k] for k in fields if k in values},
                           seed=values['random_seed'])
-
-
-def resolve_device(value: str) -> str:
-    import torch
-    if value == 'auto':
-        return 'cuda' if torch.cuda.is_available() else 'cpu'
-    return value
-
-
-def qos_profile(kind: str, depth: int):
-    """``sensor_data``: best effort, volatile (rclpy's SensorDataQoS) with ``depth``;
-    ``reliable``: reliable, volatile; ``system_default``: the RMW's defaults."""
-    from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                           qos_profile_system_default)
-    if kind == 'system_default':
-        return qos_profile_system_default
-    reliability = ReliabilityPolicy.RELIABLE if kind == 'reliable' else \
-        ReliabilityPolicy.BEST_EFFORT
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth, reliability=reliability,
-                      durability=DurabilityPolicy.VOLATILE)

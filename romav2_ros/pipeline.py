@@ -1,81 +1,102 @@
 """From synchronised input messages to output messages: shared by the node and the bag replay.
 
 No rclpy node lives here: messages in, messages out. The caller says which outputs it wants
-(the node: topics with subscribers), and only those are computed.
+(the node: topics with subscribers), and only those are computed. Stages: decode
+(``frames.py``) -> encode + match (the matcher, batched) -> numeric post-processing
+(``romav2_core``: ``dense``, ``stereo``, ``pose``, ``sampling``) -> messages (``messages.py``).
 
-Pairs: stereo A = left, B = right; sequential A = current frame t, B = previous frame t-1
-(each frame is encoded once; its features are kept for the next pair).
+Pairs (A is the image the dense outputs are indexed by):
 
-Outputs (keys = the node's topic names under ``~/``), all with A's header unless noted:
+* ``stereo``: A = left, B = right;
+* ``sequential``: A = frame t, B = frame t-1 (each frame is encoded once; its features are kept
+  for the next pair).
 
-=====================  =========================================================================
-``warp``               Image 32FC2 ``[H_A x W_A]``: position in B (OpenCV px of B) of each pixel
-                       of A; NaN where certainty < threshold or outside B
-``certainty``          Image 32FC1 ``[H_A x W_A]``: overlap probability in [0, 1]
-``covariance``         Image 32FC3 ``[H_A x W_A]``: (sxx, sxy, syy) of ``warp`` in px^2 of B;
-                       NaN where ``warp`` is NaN or the model gives none
-``disparity``          stereo_msgs/DisparityImage (stereo only): ``x_A - x_B`` px, ``f`` and
-                       ``T = -P[3] / P[0]`` from the right camera_info (scaled to the image)
-``matches``            romav2_interfaces/SampledMatches (certainty-weighted, spatially balanced)
-``relative_pose``      PoseWithCovarianceStamped: pose of A's camera in B's optical frame;
-                       stamp = A's stamp, ``frame_id`` = B's frame_id (the frame it is in)
-``relative_pose_info`` romav2_interfaces/RelativePose (both stamps, inlier counts)
-``matches_viz`` ...    Image rgb8: ``matches_viz``, ``warp_viz``, ``covariance_viz``
-=====================  =========================================================================
+Each set is processed with one snapshot of :class:`PipelineConfig` (parameter changes apply
+between sets, never inside one). :meth:`MatchingPipeline.process_batch` runs several sets
+through the model as one batch (``romav2-replay --batch``) with the same outputs as one at a
+time: sampling draws from a generator seeded by ``seed`` and A's stamp, not from a stream.
 
-Dense outputs have A's original resolution: the model grid is upsampled bilinearly
-(``align_corners=False``) and covariances are rescaled from the model grid to B's pixels with
-``geometry.rescale_covariance``. Intrinsics follow any difference between camera_info and
-image size (binning / resize), with the pixel-centre convention of ``geometry.py``.
+Output keys (the node's topic names under ``~/``; all with A's header unless noted): see
+:data:`OUTPUTS` and README.md's topic tables.
 """
 from __future__ import annotations
 
-import time
+import dataclasses
+from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from romav2_core import geometry, visualization
-from romav2_core.interface import DenseMatcher
-from romav2_core.pose import DISTORTION_MODELS, estimate_relative_pose
-from romav2_ros.image_conversion import (MAX_IMAGE_PIXELS, InputError, numpy_to_imgmsg,
-                                         to_rgb_float)
+from romav2_core import dense as dense_ops
+from romav2_core import visualization
+from romav2_core.interface import DenseMatcher, cat_features
+from romav2_core.odometry import Odometry, estimate_metric_pose
+from romav2_core.pose import estimate_relative_pose
+from romav2_core.sampling import balanced_indices
+from romav2_core.stereo import RectifiedStereo, RectificationHealth, baseline_angle_deg, \
+    vertical_disparity
+from romav2_core.transfer import ImageUploader, StageClock
+from romav2_ros import messages
+from romav2_ros.frames import Frame, decode, projection
+from romav2_ros.image_conversion import MAX_IMAGE_PIXELS, InputError, numpy_to_imgmsg, rgb8
 
 __all__ = ['InputError', 'PipelineConfig', 'PipelineResult', 'MatchingPipeline', 'OUTPUTS',
-           'DENSE_OUTPUTS', 'VIZ_OUTPUTS']
+           'MODES', 'VIZ_OUTPUTS', 'mode_outputs']
 
-OUTPUTS = ('warp', 'certainty', 'covariance', 'disparity', 'matches', 'relative_pose',
-           'relative_pose_info', 'matches_viz', 'warp_viz', 'covariance_viz')
+MODES = ('stereo', 'sequential', 'stereo_odometry')
+OUTPUTS = ('warp', 'certainty', 'covariance', 'disparity', 'depth', 'depth_stddev', 'points2',
+           'matches', 'relative_pose', 'relative_pose_info', 'odometry', 'matches_viz',
+           'warp_viz', 'covariance_viz')
 VIZ_OUTPUTS = ('matches_viz', 'warp_viz', 'covariance_viz')
+#: Outputs of a rectified stereo pair (stereo mode only, rectified inputs only).
+STEREO_OUTPUTS = {'disparity', 'depth', 'depth_stddev', 'points2'}
 #: Outputs that need the model grid upsampled to A's resolution.
-DENSE_OUTPUTS = {'warp', 'certainty', 'covariance', 'disparity', 'warp_viz', 'covariance_viz'}
+DENSE_OUTPUTS = {'warp', 'certainty', 'covariance', 'warp_viz', 'covariance_viz'} | \
+    STEREO_OUTPUTS
 #: Outputs that need sampled matches.
 SAMPLE_OUTPUTS = {'matches', 'relative_pose', 'relative_pose_info', 'matches_viz'}
 POSE_OUTPUTS = {'relative_pose', 'relative_pose_info'}
-#: DisparityImage.delta_d: RoMa disparities are continuous; 1/16 px as stereo_image_proc.
-DISPARITY_DELTA_D = 1.0 / 16
+#: ``wanted`` may also hold ``'tf'``: the odometry as a TransformStamped (stereo_odometry).
+TF = 'tf'
+#: Smallest disparity (px) whose depth is used for the metric pose: below it the depth's
+#: first-order uncertainty stops being meaningful (``stereo.py``).
+MIN_DISPARITY_PX = 2.0
 
 
-@dataclass
+def mode_outputs(mode: str) -> tuple[str, ...]:
+    """The outputs published in ``mode``, in :data:`OUTPUTS` order."""
+    if mode == 'stereo_odometry':
+        return OUTPUTS
+    return tuple(k for k in OUTPUTS if k != 'odometry' and
+                 (mode == 'stereo' or k not in STEREO_OUTPUTS))
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
-    """Processing options (the node's runtime parameters of the same names)."""
+    """Processing options (the node's runtime parameters of the same names); immutable, so a
+    set is processed with one consistent snapshot."""
 
-    mode: str = 'stereo'                 # 'stereo' or 'sequential'
+    mode: str = 'stereo'                 # one of MODES
     certainty_threshold: float = 0.05    # below: warp/covariance/disparity NaN, not sampled
     num_samples: int = 2000              # matches sampled for 'matches' and the pose
     ransac_threshold_px: float = 1.0     # essential-matrix inlier threshold, px
     rectified: bool = True               # True: use P (no distortion); False: K + D
     max_stamp_jump: float = 5.0          # s; a larger gap between frames resets the sequence
     viz_max_matches: int = 200           # lines drawn in 'matches_viz'
-    seed: int = 0                        # sampling RNG seed (reproducible outputs)
+    seed: int = 0                        # sampling seed (with A's stamp: reproducible)
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger inputs: InputError 'too_large'
+    points_organized: bool = True        # points2: H x W with NaN, else valid points only
+    points_stride: int = 1               # points2: every n-th row and column
+    odom_frame: str = 'odom'             # stereo_odometry: the odometry's fixed frame
 
     def __post_init__(self):
-        if self.mode not in ('stereo', 'sequential'):
-            raise ValueError(f'mode={self.mode!r}: stereo or sequential')
+        if self.mode not in MODES:
+            raise ValueError(f'mode={self.mode!r}: one of {MODES}')
+
+    def replace(self, **changes) -> 'PipelineConfig':
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -83,87 +104,21 @@ class PipelineResult:
     messages: dict = field(default_factory=dict)     # output key -> ROS message
     timings: dict = field(default_factory=dict)      # stage -> seconds
     notes: list = field(default_factory=list)        # 'code: why an output is missing'
+    paired: bool = True                              # False: a sequence's first frame
+    health: Optional[RectificationHealth] = None     # stereo on rectified inputs
+    transform: Any = None                            # stereo_odometry: TransformStamped
+    odometry_state: Optional[str] = None             # stereo_odometry: OK / LOST / RESET
+    odometry_quality: dict = field(default_factory=dict)   # inlier ratio, reprojection error
 
 
 @dataclass
-class _Camera:
-    """Intrinsics of one image at its actual size. ``K`` None = uncalibrated."""
+class _Job:
+    """One set on its way through the model: its result and the pairs it needs matched."""
 
-    K: Optional[np.ndarray]
-    D: Optional[np.ndarray]
-    model: str
-    P: Optional[np.ndarray]
-
-
-@dataclass
-class _Frame:
-    header: object
-    stamp_ns: int
-    rgb: np.ndarray          # [H x W x 3] float32 in [0, 1]
-    camera: _Camera
-    feats: object = None
-
-    @property
-    def hw(self) -> tuple[int, int]:
-        return self.rgb.shape[0], self.rgb.shape[1]
-
-
-def _stamp_ns(header) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
-def _scale_intrinsics(M: np.ndarray, sx: float, sy: float) -> np.ndarray:
-    """Rows 0/1 of K or P for an image resized by (sx, sy), pixel centres at integers."""
-    M = M.copy()
-    M[0, :] *= sx
-    M[1, :] *= sy
-    M[0, 2] += 0.5 * sx - 0.5   # c' = (c + 0.5) s - 0.5, the rest of row 2's term is scaled
-    M[1, 2] += 0.5 * sy - 0.5
-    return M
-
-
-def camera_from_info(info, height: int, width: int, rectified: bool) -> _Camera:
-    """Check a CameraInfo and return the intrinsics of the ``height x width`` image.
-
-    NaN/Inf anywhere -> InputError 'nan_camera_info'; K all zero -> uncalibrated (K None).
-    """
-    K = np.asarray(info.k, np.float64).reshape(3, 3)
-    P = np.asarray(info.p, np.float64).reshape(3, 4)
-    D = np.asarray(info.d, np.float64)
-    if not (np.isfinite(K).all() and np.isfinite(P).all() and np.isfinite(D).all()
-            and np.isfinite(np.asarray(info.r)).all()):
-        raise InputError('nan_camera_info', 'camera_info has NaN or Inf in K, D, R or P')
-    if not K.any():
-        return _Camera(None, None, '', None)
-    sx = width / info.width if info.width else 1.0
-    sy = height / info.height if info.height else 1.0
-    K, P = _scale_intrinsics(K, sx, sy), _scale_intrinsics(P, sx, sy)
-    if rectified:
-        return _Camera(P[:, :3] if P.any() else K, None, '', P if P.any() else None)
-    model = info.distortion_model or 'plumb_bob'
-    if D.any() and model not in DISTORTION_MODELS:
-        raise InputError('unsupported_distortion', f'distortion model {model!r}; one of '
-                                                   f'{DISTORTION_MODELS}')
-    return _Camera(K, D if D.any() else None, model, P if P.any() else None)
-
-
-def balanced_sample(points_a: np.ndarray, certainty: np.ndarray, num: int,
-                    rng: np.random.Generator, hw_a: tuple[int, int]) -> np.ndarray:
-    """Indices of ``num`` matches: drawn with probability proportional to certainty, then
-    thinned to an even spatial spread over A (inverse density on a 32 x 32 cell grid; the
-    idea of RoMa's KDE balancing, cheaper). All candidates when there are at most ``num``."""
-    n = len(certainty)
-    if n <= num:
-        return np.arange(n)
-    p = certainty / certainty.sum()
-    cand = rng.choice(n, size=min(4 * num, n), replace=False, p=p)
-    cells = 32
-    cx = np.clip((points_a[cand, 0] / hw_a[1] * cells).astype(int), 0, cells - 1)
-    cy = np.clip((points_a[cand, 1] / hw_a[0] * cells).astype(int), 0, cells - 1)
-    cell = cy * cells + cx
-    density = np.bincount(cell, minlength=cells * cells)[cell]
-    w = 1.0 / density
-    return cand[rng.choice(len(cand), size=num, replace=False, p=w / w.sum())]
+    cfg: PipelineConfig
+    res: PipelineResult
+    pairs: dict                      # role ('stereo' | 'temporal') -> (Frame A, Frame B)
+    grids: dict = field(default_factory=dict)   # role -> model outputs of that pair
 
 
 class MatchingPipeline:
@@ -171,243 +126,358 @@ class MatchingPipeline:
 
     def __init__(self, matcher: DenseMatcher, config: PipelineConfig):
         self.matcher = matcher
+        #: Replaced (never mutated) to change parameters: read once per set.
         self.config = config
-        self._prev: Optional[_Frame] = None
+        device = getattr(matcher, 'device', 'cpu')
+        self._upload = ImageUploader(device)
+        self._clock = StageClock(device)
+        self._prev: Optional[Frame] = None
         self._last_stamp: Optional[int] = None
-        self._rng = np.random.default_rng(config.seed)
-        #: Notes of the latest call, also when it returned None (a sequence restart after a
-        #: stamp jump gives no result but is worth reporting).
-        self.last_notes: list[str] = []
+        self._odometry = Odometry()
 
     def reset(self) -> None:
-        """Forget the previous frame and stamp (sequential restarts with the next frame)."""
-        self._prev = None
+        """Forget the previous frame and stamp (a sequence, and an odometry segment,
+        restarts with the next frame)."""
+        self._restart()
         self._last_stamp = None
 
-    # ---------------------------------------------------------------- entry points
-    def process_stereo(self, left, left_info, right, right_info, wanted: set) -> PipelineResult:
-        """A = left, B = right (sensor_msgs Image or CompressedImage + CameraInfo)."""
-        res = PipelineResult()
-        self.last_notes = res.notes
-        t0 = time.perf_counter()
-        a = self._decode(left, left_info)
-        b = self._decode(right, right_info)
-        if a.hw != b.hw:
-            raise InputError('size_mismatch', f'left {a.hw[1]}x{a.hw[0]} and right '
-                                              f'{b.hw[1]}x{b.hw[0]} differ')
-        self._check_stamp(a.stamp_ns, res)
-        res.timings['decode'] = time.perf_counter() - t0
-        self._run(a, b, wanted, res)
-        return res
+    def _restart(self) -> None:
+        self._prev = None
+        self._odometry.reset()
 
-    def process_sequential(self, image, info, wanted: set) -> Optional[PipelineResult]:
-        """A = this frame, B = the previous one. None for the first frame and after a reset
-        (a gap over ``max_stamp_jump``); a stamp not after the previous one resets the
-        sequence and raises InputError 'stamp_out_of_order'."""
-        res = PipelineResult()
-        self.last_notes = res.notes
-        t0 = time.perf_counter()
-        a = self._decode(image, info)
-        restarted = self._check_stamp(a.stamp_ns, res)
-        res.timings['decode'] = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        a.feats = self._encode(a)
-        res.timings['model'] = time.perf_counter() - t1
+    # ---------------------------------------------------------------- entry points
+    def process(self, msgs: tuple, wanted: set) -> PipelineResult:
+        """One synchronised set (stereo: left, left_info, right, right_info; sequential:
+        image, info); raises InputError for bad input. ``paired`` is False for a sequence's
+        first frame (nothing to match yet); its ``notes`` still say why (e.g. a stamp jump)."""
+        out = self.process_batch([msgs], wanted)[0]
+        if isinstance(out, InputError):
+            raise out
+        return out
+
+    def process_batch(self, sets: list, wanted: set) -> list:
+        """Several sets in arrival order through the model as one batch: per set a
+        PipelineResult, or the InputError that refused it (the others go on)."""
+        outcomes, jobs = [], []
+        for msgs in sets:
+            cfg = self.config
+            res = PipelineResult()
+            try:
+                with self._clock.stage('decode', res.timings):
+                    pairs = self._prepare(cfg, msgs, res)
+            except InputError as exc:
+                outcomes.append(exc)
+                continue
+            outcomes.append(res)
+            if pairs:
+                jobs.append(_Job(cfg, res, pairs))
+            else:
+                res.paired = False
+        if jobs:
+            self._infer(jobs)
+            for job in jobs:
+                self._finish(job, wanted)
+        return outcomes
+
+    # ---------------------------------------------------------------- decode and pair
+    def _prepare(self, cfg: PipelineConfig, msgs: tuple, res: PipelineResult) -> dict:
+        """Decoded frames of one set and the pairs to match ({} for a first frame)."""
+        if cfg.mode == 'sequential':
+            image, info = msgs
+            a = decode(image, info, cfg.max_image_pixels)
+            restarted = self._check_stamp(cfg, a.stamp_ns, res)
+            prev, self._prev = self._prev, a
+            return {} if prev is None or restarted else {'temporal': (a, prev)}
+        left, left_info, right, right_info = msgs
+        try:
+            a = decode(left, left_info, cfg.max_image_pixels)
+            b = decode(right, right_info, cfg.max_image_pixels)
+            if a.hw != b.hw:
+                raise InputError('size_mismatch', f'left {a.hw[1]}x{a.hw[0]} and right '
+                                                  f'{b.hw[1]}x{b.hw[0]} differ')
+            restarted = self._check_stamp(cfg, a.stamp_ns, res)
+        except InputError:
+            self._restart()     # odometry: a bad input ends the segment
+            raise
+        if cfg.mode == 'stereo':
+            return {'stereo': (a, b)}
         prev, self._prev = self._prev, a
         if prev is None or restarted:
-            return None
-        self._run(a, prev, wanted, res)
-        return res
+            res.odometry_state = 'RESET'      # a segment starts here: nothing to chain yet
+            return {'stereo': (a, b)}
+        return {'stereo': (a, b), 'temporal': (a, prev)}
 
-    # ---------------------------------------------------------------- stages
-    def _decode(self, msg, info) -> _Frame:
-        rgb = to_rgb_float(msg, self.config.max_image_pixels)
-        camera = camera_from_info(info, rgb.shape[0], rgb.shape[1], self.config.rectified)
-        return _Frame(msg.header, _stamp_ns(msg.header), rgb, camera)
-
-    def _check_stamp(self, stamp: int, res: PipelineResult) -> bool:
-        """True when the sequence restarts here (first frame or a jump)."""
+    def _check_stamp(self, cfg: PipelineConfig, stamp: int, res: PipelineResult) -> bool:
+        """True when the sequence restarts here (first frame or a jump); a stamp not after
+        the previous one resets the sequence and raises InputError 'stamp_out_of_order'."""
         last, self._last_stamp = self._last_stamp, stamp
         if last is None:
             return True
         dt = (stamp - last) * 1e-9
-        if abs(dt) > self.config.max_stamp_jump:
+        if abs(dt) > cfg.max_stamp_jump:
             res.notes.append(f'stamp_jump: stamp jumped by {dt:+.3f} s, sequence reset')
-            self._prev = None
+            self._restart()
             return True
         if dt <= 0:
-            self._prev = None
+            self._restart()
             what = 'duplicate stamp (the same as the previous input)' if dt == 0 else \
                 f'stamp {dt * 1e3:+.1f} ms after the previous one'
             raise InputError('stamp_out_of_order', f'{what}: sequence reset')
         return False
 
-    def _encode(self, frame: _Frame):
-        device = getattr(self.matcher, 'device', 'cpu')
-        x = torch.from_numpy(frame.rgb).permute(2, 0, 1)[None].to(device)
-        with torch.inference_mode():
-            return self.matcher.encode(x)
+    # ---------------------------------------------------------------- the model
+    def _infer(self, jobs: list) -> None:
+        """Encode every frame without features (same-size frames as one batch), then match
+        every pair of every job as one batch. The time is shared out among the jobs."""
+        timings: dict = {}
+        with self._clock.stage('model', timings), torch.inference_mode():
+            frames = {id(f): f for job in jobs for pair in job.pairs.values() for f in pair
+                      if f.feats is None}
+            groups = defaultdict(list)
+            for f in frames.values():
+                groups[f.image.shape, f.image.dtype.str].append(f)
+            for group in groups.values():
+                feats = self.matcher.encode(self._upload([f.image for f in group]))
+                for i, f in enumerate(group):
+                    f.feats = feats[i:i + 1] if len(group) > 1 else feats
+            pairs = [(job, role, a, b) for job in jobs for role, (a, b) in job.pairs.items()]
+            preds = self.matcher.match_features(cat_features([a.feats for _, _, a, _ in pairs]),
+                                                cat_features([b.feats for _, _, _, b in pairs]))
+            for i, (job, role, _, _) in enumerate(pairs):
+                job.grids[role] = {k: preds[f'{k}_AB'][i] for k in
+                                   ('warp', 'overlap', 'covariance')}
+        for job in jobs:
+            job.res.timings['model'] = job.res.timings.get('model', 0.0) + \
+                timings['model'] / len(jobs)
 
-    def _run(self, a: _Frame, b: _Frame, wanted: set, res: PipelineResult) -> None:
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            if a.feats is None:
-                a.feats = self._encode(a)
-            if b.feats is None:
-                b.feats = self._encode(b)
-            preds = self.matcher.match_features(a.feats, b.feats)
-            grid = {k: preds[k + '_AB'][0].float() for k in ('warp', 'overlap', 'covariance')}
-        res.timings['model'] = res.timings.get('model', 0.0) + time.perf_counter() - t0
+    # ---------------------------------------------------------------- post-processing
+    def _finish(self, job: _Job, wanted: set) -> None:
+        """Per mode: which pair gives which outputs (module docstring)."""
+        cfg, res = job.cfg, job.res
+        if cfg.mode == 'stereo':
+            a, b = job.pairs['stereo']
+            grid = job.grids['stereo']
+            with self._clock.stage('dense', res.timings):
+                dense = self._dense(cfg, grid, a, b, wanted, res)
+                stereo = self._stereo_rig(cfg, a, b, res, bool(wanted & STEREO_OUTPUTS))
+                if stereo is not None and wanted & STEREO_OUTPUTS:
+                    self._stereo_outputs(cfg, stereo, dense, a, wanted, res)
+            with self._clock.stage('pose', res.timings):
+                matches = self._grid(cfg, grid, a, b)
+                if stereo is not None:
+                    ok = matches.valid
+                    res.health = vertical_disparity(matches.points_a[ok], matches.points_b[ok])
+                samples = self._sample(cfg, matches, a)[0] if wanted & SAMPLE_OUTPUTS else None
+                self._matches_out(samples, a, b, wanted, res)
+                if wanted & POSE_OUTPUTS:
+                    self._two_view_pose(cfg, samples, a, b, stereo, wanted, res)
+        elif cfg.mode == 'sequential':
+            a, b = job.pairs['temporal']
+            grid = job.grids['temporal']
+            with self._clock.stage('dense', res.timings):
+                dense = self._dense(cfg, grid, a, b, wanted, res)
+            with self._clock.stage('pose', res.timings):
+                samples = self._sample(cfg, self._grid(cfg, grid, a, b), a)[0] \
+                    if wanted & SAMPLE_OUTPUTS else None
+                self._matches_out(samples, a, b, wanted, res)
+                if wanted & POSE_OUTPUTS:
+                    self._two_view_pose(cfg, samples, a, b, None, wanted, res)
+        else:
+            dense, samples, (a, b) = self._finish_odometry(job, wanted)
+        with self._clock.stage('viz', res.timings):
+            self._viz(cfg, dense, samples, a, b, wanted, res)
 
-        t0 = time.perf_counter()
-        dense = self._dense(grid, a.hw, b.hw) if wanted & DENSE_OUTPUTS else None
-        if dense is not None:
-            self._dense_messages(dense, a, b, wanted, res)
-        res.timings['dense'] = time.perf_counter() - t0
+    def _finish_odometry(self, job: _Job, wanted: set) -> tuple:
+        """stereo_odometry: stereo outputs from (left_t, right_t); matches, metric pose and
+        odometry from (left_t, left_t-1), with 3D points from the stereo depth of left_t.
+        Returns what the pictures need: (dense, samples, (A, B)) of the temporal pair (the
+        stereo pair's on a segment's first frame)."""
+        cfg, res = job.cfg, job.res
+        left, right = job.pairs['stereo']
+        temporal = job.pairs.get('temporal')
+        with self._clock.stage('dense', res.timings):
+            stereo = self._stereo_rig(cfg, left, right, res, True)
+            if stereo is not None and wanted & STEREO_OUTPUTS:
+                s_dense = dense_ops.upsample(*self._grid_tensors(job.grids['stereo']),
+                                             left.hw, right.hw, cfg.certainty_threshold)
+                self._stereo_outputs(cfg, stereo, s_dense, left, wanted, res)
+            dense = self._dense(cfg, job.grids['temporal'], *temporal, wanted, res) \
+                if temporal else None
+        samples = None
+        with self._clock.stage('pose', res.timings):
+            s_matches = self._grid(cfg, job.grids['stereo'], left, right)
+            if stereo is not None:
+                ok = s_matches.valid
+                res.health = vertical_disparity(s_matches.points_a[ok], s_matches.points_b[ok])
+            if temporal is None:
+                return None, None, (left, right)
+            a, b = temporal
+            t_matches = self._grid(cfg, job.grids['temporal'], a, b)
+            if stereo is None:    # noted by _stereo_rig: no depth, so no metric pose
+                self._odometry.reset()
+                res.odometry_state = 'LOST'
+            else:
+                samples = self._metric_pose(cfg, stereo, s_matches, t_matches, a, b, wanted,
+                                            res)
+        return dense, samples, (a, b)
 
-        t0 = time.perf_counter()
-        samples = self._samples(grid, a.hw, b.hw) if wanted & SAMPLE_OUTPUTS else None
-        if samples is not None and wanted & {'matches'}:
-            res.messages['matches'] = self._matches_msg(samples, a, b)
-        if wanted & POSE_OUTPUTS:
-            self._pose(samples, a, b, wanted, res)
-        res.timings['pose'] = time.perf_counter() - t0
+    def _metric_pose(self, cfg, stereo, s_matches, t_matches, a: Frame, b: Frame, wanted,
+                     res) -> Optional[tuple]:
+        """PnP of left_t's stereo points against their matches in left_t-1, then the
+        odometry step. Cells of one output grid: the stereo and temporal matches of a cell
+        start from the same pixel of left_t."""
+        disparity = s_matches.points_a[:, 0] - s_matches.points_b[:, 0] - stereo.cx_offset
+        var_disparity = s_matches.cov_b[:, 0, 0]        # the left pixel is exact
+        usable = s_matches.valid & t_matches.valid & (disparity >= MIN_DISPARITY_PX) & \
+            np.isfinite(var_disparity) & (var_disparity > 0)
+        samples, idx = self._sample(cfg, t_matches, a, usable)
+        self._matches_out(samples, a, b, wanted, res)
+        est = estimate_metric_pose(samples[0], disparity[idx], var_disparity[idx], samples[1],
+                                   samples[3], a.camera.rectified_K, b.camera.rectified_K,
+                                   stereo.f * stereo.baseline, cfg.ransac_threshold_px)
+        if est is None:
+            res.notes.append(f'pose_failed: no metric pose from {len(idx)} matches with '
+                             f'stereo depth; odometry segment ends')
+            self._odometry.reset()
+            res.odometry_state = 'LOST'
+            return samples
+        est = est.in_camera_frames(a.camera.R, b.camera.R)
+        step = self._odometry.step(est, (a.stamp_ns - b.stamp_ns) * 1e-9)
+        res.odometry_state = 'OK'
+        res.odometry_quality = {'inlier_ratio': est.num_inliers / max(est.num_matches, 1),
+                                'mean_reprojection_error_px': est.mean_reprojection_error,
+                                'segment': step.segment}
+        if 'relative_pose' in wanted:
+            res.messages['relative_pose'] = messages.relative_pose(est, b.header)
+        if 'relative_pose_info' in wanted:
+            res.messages['relative_pose_info'] = messages.relative_pose_info(est, a.header,
+                                                                            b.header)
+        if 'odometry' in wanted:
+            res.messages['odometry'] = messages.odometry(step, a.header, cfg.odom_frame)
+        if 'tf' in wanted:
+            res.transform = messages.transform(step, a.header, cfg.odom_frame)
+        return samples
 
-        t0 = time.perf_counter()
-        self._viz(dense, samples, a, b, wanted, res)
-        res.timings['viz'] = time.perf_counter() - t0
+    @staticmethod
+    def _grid_tensors(grid: dict) -> tuple:
+        return grid['warp'], grid['overlap'], grid['covariance']
 
-    def _valid(self, warp_px, certainty, hw_b):
-        """certainty >= threshold and the warp inside B (pixel edges, OpenCV convention)."""
-        h, w = hw_b
-        x, y = warp_px[..., 0], warp_px[..., 1]
-        with np.errstate(invalid='ignore'):
-            return ((certainty >= self.config.certainty_threshold)
-                    & (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5))
-
-    def _dense(self, grid, hw_a, hw_b) -> dict:
-        """Model grid -> A's resolution: warp (B px), certainty, covariance (px^2 of B)."""
-        ho, wo = grid['warp'].shape[:2]
-        cov = grid['covariance']
-        stack = torch.cat([grid['warp'], grid['overlap'], cov[..., 0, 0:1], cov[..., 0, 1:2],
-                           cov[..., 1, 1:2]], dim=-1).permute(2, 0, 1)[None]
-        up = F.interpolate(stack, size=hw_a, mode='bilinear', align_corners=False)[0]
-        up = up.permute(1, 2, 0)
-        warp_px = geometry.to_pixel_coordinates(up[..., :2], *hw_b).cpu().numpy()
-        cov = geometry.rescale_covariance(up[..., [3, 4, 4, 5]].reshape(*hw_a, 2, 2),
-                                          ho, wo, *hw_b)
-        cov3 = cov.reshape(*hw_a, 4)[..., [0, 1, 3]].cpu().numpy()
-        certainty = np.clip(up[..., 2].cpu().numpy(), 0.0, 1.0)
-        invalid = ~self._valid(warp_px, certainty, hw_b)
-        warp_px[invalid] = np.nan
-        cov3[invalid] = np.nan
-        return {'warp': warp_px.astype(np.float32), 'certainty': certainty.astype(np.float32),
-                'covariance': cov3.astype(np.float32)}
-
-    def _dense_messages(self, dense, a: _Frame, b: _Frame, wanted, res) -> None:
+    def _dense(self, cfg, grid, a: Frame, b: Frame, wanted: set, res):
+        """The pair's dense outputs (and their messages) when any dense output is wanted."""
+        if not wanted & DENSE_OUTPUTS:
+            return None
+        dense = dense_ops.upsample(*self._grid_tensors(grid), a.hw, b.hw,
+                                   cfg.certainty_threshold)
         for key, enc in (('warp', '32FC2'), ('certainty', '32FC1'), ('covariance', '32FC3')):
             if key in wanted:
-                res.messages[key] = numpy_to_imgmsg(dense[key], enc, a.header)
-        if 'disparity' in wanted and self.config.mode == 'stereo':
-            P = b.camera.P
-            if P is None or P[0, 0] == 0:
-                res.notes.append('no_projection: right camera_info has no projection matrix P, '
-                                 'no disparity')
-            else:
-                res.messages['disparity'] = self._disparity_msg(dense['warp'], a, P)
+                res.messages[key] = numpy_to_imgmsg(getattr(dense, key), enc, a.header)
+        return dense
+
+    def _grid(self, cfg, grid, a: Frame, b: Frame) -> dense_ops.GridMatches:
+        return dense_ops.grid_matches(*self._grid_tensors(grid), a.hw, b.hw,
+                                      cfg.certainty_threshold)
 
     @staticmethod
-    def _disparity_msg(warp_px, a: _Frame, P_right):
-        from sensor_msgs.msg import RegionOfInterest
-        from stereo_msgs.msg import DisparityImage
-        h, w = a.hw
-        disparity = (np.arange(w, dtype=np.float32)[None, :] - warp_px[..., 0])
-        finite = disparity[np.isfinite(disparity)]
-        msg = DisparityImage(header=a.header, f=float(P_right[0, 0]),
-                             t=float(-P_right[0, 3] / P_right[0, 0]),
-                             valid_window=RegionOfInterest(x_offset=0, y_offset=0, height=h,
-                                                           width=w),
-                             min_disparity=float(finite.min()) if finite.size else 0.0,
-                             max_disparity=float(finite.max()) if finite.size else 0.0,
-                             delta_d=DISPARITY_DELTA_D)
-        msg.image = numpy_to_imgmsg(disparity.astype(np.float32), '32FC1', a.header)
-        return msg
-
-    def _samples(self, grid, hw_a, hw_b) -> dict:
-        """Sampled matches on the model grid, in OpenCV px of the full images."""
-        ho, wo = grid['warp'].shape[:2]
-        pa = geometry.to_pixel_coordinates(
-            geometry.normalized_grid(1, ho, wo, device=grid['warp'].device)[0], *hw_a)
-        pb = geometry.to_pixel_coordinates(grid['warp'], *hw_b)
-        cov = geometry.rescale_covariance(grid['covariance'], ho, wo, *hw_b)
-        pa, pb = pa.reshape(-1, 2).cpu().numpy(), pb.reshape(-1, 2).cpu().numpy()
-        cov = cov.reshape(-1, 2, 2).cpu().numpy()
-        certainty = grid['overlap'].reshape(-1).clamp(0, 1).cpu().numpy()
-        idx = np.flatnonzero(self._valid(pb, certainty, hw_b))
-        idx = idx[balanced_sample(pa[idx], certainty[idx], self.config.num_samples,
-                                  self._rng, hw_a)]
-        return {'points_a': pa[idx], 'points_b': pb[idx], 'certainty': certainty[idx],
-                'cov_b': cov[idx]}
+    def _matches_out(samples, a: Frame, b: Frame, wanted: set, res) -> None:
+        if samples is not None and 'matches' in wanted:
+            res.messages['matches'] = messages.sampled_matches(*samples, a.header, b.header,
+                                                               a.hw, b.hw)
 
     @staticmethod
-    def _matches_msg(s, a: _Frame, b: _Frame):
-        from romav2_interfaces.msg import SampledMatches
-        n = len(s['certainty'])
-        return SampledMatches(
-            header=a.header, stamp_b=b.header.stamp, frame_id_b=b.header.frame_id,
-            width_a=a.hw[1], height_a=a.hw[0], width_b=b.hw[1], height_b=b.hw[0],
-            points_a=s['points_a'].astype(np.float32).ravel(),
-            points_b=s['points_b'].astype(np.float32).ravel(),
-            certainty=s['certainty'].astype(np.float32),
-            covariance_a=np.zeros(4 * n, np.float32),
-            covariance_b=s['cov_b'].astype(np.float32).ravel())
+    def _stereo_rig(cfg: PipelineConfig, a: Frame, b: Frame, res: PipelineResult,
+                    note: bool) -> Optional[RectifiedStereo]:
+        """The rectified rig of a stereo pair, or None when it has none (with a note when
+        ``note``: stereo outputs were wanted)."""
+        why = None
+        if not cfg.rectified:
+            why = 'not_rectified: rectified:=false, and disparity, depth and points need ' \
+                  'rectified stereo images'
+        elif a.camera is None or b.camera is None or a.camera.P is None or b.camera.P is None:
+            why = 'no_projection: left or right camera_info has no projection matrix P'
+        else:
+            try:
+                return RectifiedStereo(a.camera.P, b.camera.P, a.camera.R, b.camera.R)
+            except ValueError as exc:
+                why = f'no_projection: {exc}'
+        if note:
+            res.notes.append(f'{why}; no stereo geometry (disparity, depth, points, metric '
+                             f'pose)')
+        return None
 
-    def _pose(self, s, a: _Frame, b: _Frame, wanted, res) -> None:
-        if a.camera.K is None or b.camera.K is None:
+    @staticmethod
+    def _stereo_outputs(cfg: PipelineConfig, stereo: RectifiedStereo,
+                        dense: dense_ops.DenseMatches, a: Frame, wanted: set,
+                        res: PipelineResult) -> None:
+        disparity = stereo.disparity(dense.warp[..., 0])
+        if 'disparity' in wanted:
+            res.messages['disparity'] = messages.disparity_image(disparity, a.header, stereo)
+        if not wanted & {'depth', 'depth_stddev', 'points2'}:
+            return
+        depth = stereo.depth(disparity)
+        if 'depth' in wanted:
+            res.messages['depth'] = numpy_to_imgmsg(depth, '32FC1', a.header)
+        if 'depth_stddev' in wanted:
+            res.messages['depth_stddev'] = numpy_to_imgmsg(
+                stereo.depth_stddev(depth, dense.covariance[..., 0]), '32FC1', a.header)
+        if 'points2' in wanted:
+            res.messages['points2'] = messages.point_cloud(
+                stereo.points(depth), rgb8(a.image), a.header, cfg.points_organized,
+                cfg.points_stride)
+
+    @staticmethod
+    def _sample(cfg: PipelineConfig, matches: dense_ops.GridMatches, a: Frame,
+                usable: Optional[np.ndarray] = None) -> tuple:
+        """(points_a, points_b, certainty, cov_b) of ``num_samples`` grid matches among the
+        ``usable`` ones (default: the valid ones), drawn with a generator seeded by ``seed``
+        and A's stamp; and their grid indices."""
+        idx = np.flatnonzero(matches.valid if usable is None else usable)
+        rng = np.random.default_rng([cfg.seed, a.stamp_ns])
+        idx = idx[balanced_indices(matches.points_a[idx], matches.certainty[idx],
+                                   cfg.num_samples, rng, a.hw)]
+        return (matches.points_a[idx], matches.points_b[idx], matches.certainty[idx],
+                matches.cov_b[idx]), idx
+
+    @staticmethod
+    def _two_view_pose(cfg: PipelineConfig, samples: tuple, a: Frame, b: Frame,
+                       stereo: Optional[RectifiedStereo], wanted: set,
+                       res: PipelineResult) -> None:
+        """Essential-matrix pose (direction of t only) between the named optical frames."""
+        proj_a, proj_b = projection(a, cfg.rectified), projection(b, cfg.rectified)
+        if proj_a is None or proj_b is None:
             res.notes.append('uncalibrated: camera_info K is all zero, no relative pose')
             return
-        est = estimate_relative_pose(
-            s['points_a'], s['points_b'], a.camera.K, b.camera.K, a.camera.D, b.camera.D,
-            a.camera.model, b.camera.model, cov_b=s['cov_b'],
-            ransac_threshold_px=self.config.ransac_threshold_px)
+        (K_a, D_a, model_a, R_a), (K_b, D_b, model_b, R_b) = proj_a, proj_b
+        points_a, points_b, _, cov_b = samples
+        est = estimate_relative_pose(points_a, points_b, K_a, K_b, D_a, D_b, model_a, model_b,
+                                     cov_b=cov_b, ransac_threshold_px=cfg.ransac_threshold_px)
         if est is None:
-            res.notes.append(f'pose_failed: no essential matrix from {len(s["certainty"])} '
-                             f'matches')
+            res.notes.append(f'pose_failed: no essential matrix from {len(points_a)} matches')
             return
-        from geometry_msgs.msg import Point, PoseWithCovariance, PoseWithCovarianceStamped, \
-            Quaternion
-        from romav2_interfaces.msg import RelativePose
-        from std_msgs.msg import Header
-        q = est.quaternion_xyzw
-        pose = PoseWithCovariance()
-        pose.pose.position = Point(x=float(est.t[0]), y=float(est.t[1]), z=float(est.t[2]))
-        pose.pose.orientation = Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]),
-                                           w=float(q[3]))
-        pose.covariance = est.covariance.ravel().astype(np.float64)
+        if stereo is not None and res.health is not None:
+            res.health = dataclasses.replace(res.health,
+                                             baseline_angle_deg=baseline_angle_deg(est.t, stereo))
+        est = est.in_camera_frames(R_a, R_b)
         if 'relative_pose' in wanted:
-            header = Header(stamp=a.header.stamp, frame_id=b.header.frame_id)
-            res.messages['relative_pose'] = PoseWithCovarianceStamped(header=header, pose=pose)
+            res.messages['relative_pose'] = messages.relative_pose(est, b.header)
         if 'relative_pose_info' in wanted:
-            res.messages['relative_pose_info'] = RelativePose(
-                header=a.header, stamp_b=b.header.stamp, frame_id_b=b.header.frame_id,
-                pose=pose, num_matches=est.num_matches, num_inliers=est.num_inliers,
-                scale_observable=est.scale_observable,
-                mean_epipolar_error=est.mean_epipolar_error)
+            res.messages['relative_pose_info'] = messages.relative_pose_info(est, a.header,
+                                                                            b.header)
 
-    def _viz(self, dense, samples, a: _Frame, b: _Frame, wanted, res) -> None:
+    @staticmethod
+    def _viz(cfg: PipelineConfig, dense, samples, a: Frame, b: Frame, wanted: set,
+             res: PipelineResult) -> None:
         if not wanted & set(VIZ_OUTPUTS):
             return
-        rgb_a, rgb_b = ((f.rgb * 255 + 0.5).astype(np.uint8) for f in (a, b))
+        rgb_a, rgb_b = rgb8(a.image), rgb8(b.image)
         images = {}
         if 'matches_viz' in wanted:
             images['matches_viz'] = visualization.draw_matches(
-                rgb_a, rgb_b, samples['points_a'], samples['points_b'], samples['certainty'],
-                self.config.viz_max_matches)
+                rgb_a, rgb_b, samples[0], samples[1], samples[2], cfg.viz_max_matches)
         if 'warp_viz' in wanted:
-            images['warp_viz'] = visualization.warp_visualization(
-                rgb_a, rgb_b, dense['warp'], dense['certainty'])
+            images['warp_viz'] = visualization.warp_visualization(rgb_a, rgb_b, dense.warp,
+                                                                  dense.certainty)
         if 'covariance_viz' in wanted:
             images['covariance_viz'] = visualization.covariance_heatmap(
-                *np.moveaxis(dense['covariance'], -1, 0))
+                *np.moveaxis(dense.covariance, -1, 0))
         for key, img in images.items():
             res.messages[key] = numpy_to_imgmsg(img, 'rgb8', a.header)

@@ -7,7 +7,8 @@ from the node's own parameters (``params.py``: same names, defaults and checks, 
 instead of publishers) differ. Unlike the live node nothing is dropped for lack of time, and
 every requested output is written for every pair (``viz_rate`` does not apply). Outputs go to
 the topics the node would publish (``/romav2_node/warp``, ...), at the log time of the input
-message that completed the set.
+message that completed the set. ``--batch N`` runs N sets through the model at a time (the
+outputs are those of ``--batch 1``).
 
 Exit status: 0 done, 1 unreadable input bag or other error (one line on stderr), 2 bad
 arguments, 130 interrupted (the output bag is still closed and readable).
@@ -32,7 +33,10 @@ IMAGE_TYPES = {'raw': 'sensor_msgs/msg/Image', 'compressed': 'sensor_msgs/msg/Co
 INFO_TYPE = 'sensor_msgs/msg/CameraInfo'
 #: Input roles in the order the pipeline takes them.
 ROLES = {'stereo': ('left_image', 'left_info', 'right_image', 'right_info'),
-         'sequential': ('image', 'info')}
+         'sequential': ('image', 'info'),
+         'stereo_odometry': ('left_image', 'left_info', 'right_image', 'right_info')}
+#: Sets given to the model at once (``--batch``); larger batches need more memory.
+MAX_BATCH = 64
 
 
 class ReplayError(RuntimeError):
@@ -75,7 +79,7 @@ def node_parameters(args) -> dict:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from romav2_ros.pipeline import OUTPUTS
+    from romav2_ros.pipeline import OUTPUTS, mode_outputs
     parser = argparse.ArgumentParser(
         prog='romav2-replay',
         description='Run romav2_node\'s processing over a recorded rosbag2, offline, into a '
@@ -88,15 +92,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--topics', nargs='+', metavar='TOPIC',
                         help='stereo: LEFT_IMAGE LEFT_INFO RIGHT_IMAGE RIGHT_INFO; sequential: '
                              'IMAGE INFO (default: found by name, <image topic>/../camera_info)')
-    parser.add_argument('--outputs', default=','.join(OUTPUTS),
-                        help=f'comma-separated outputs to compute (default all: '
-                             f'{",".join(OUTPUTS)})')
+    parser.add_argument('--outputs', default=None,
+                        help=f'comma-separated outputs to compute (default: all of the '
+                             f'mode\'s; any of {",".join(OUTPUTS)})')
     parser.add_argument('--node-name', default='romav2_node',
                         help='outputs go to /<node-name>/<output> (default romav2_node)')
     parser.add_argument('--include-inputs', action='store_true',
                         help='copy the input topics into the output bag too')
     parser.add_argument('--storage', choices=tuple(bag_io.STORAGE_PLUGINS), default='mcap')
     parser.add_argument('--limit', type=int, metavar='N', help='stop after N processed pairs')
+    parser.add_argument('--batch', type=int, default=1, metavar='N',
+                        help=f'sets run through the model at once (1-{MAX_BATCH}; stereo: '
+                             f'independent pairs, sequential: consecutive frames, each '
+                             f'encoded once); outputs equal --batch 1')
     model = parser.add_argument_group('model (shortcuts for node parameters)')
     model.add_argument('--setting', help='setting: turbo, fast, base, precise (node default), '
                                          'mega1500')
@@ -113,10 +121,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(str(exc))
     args.mode = args.values['mode']
-    args.outputs = [o for o in (s.strip() for s in args.outputs.split(',')) if o]
+    available = mode_outputs(args.mode)
+    if args.outputs is None:
+        args.outputs = list(available)
+    else:
+        args.outputs = [o for o in (s.strip() for s in args.outputs.split(',')) if o]
     unknown = sorted(set(args.outputs) - set(OUTPUTS))
     if unknown:
         parser.error(f'unknown outputs {unknown}; choose from {",".join(OUTPUTS)}')
+    other_mode = sorted(set(args.outputs) - set(available))
+    if other_mode:
+        parser.error(f'outputs {other_mode} are not published in mode {args.mode}')
+    if not 1 <= args.batch <= MAX_BATCH:
+        parser.error(f'--batch must be in 1..{MAX_BATCH}')
     if args.topics is not None and len(args.topics) != len(ROLES[args.mode]):
         parser.error(f'--topics for {args.mode}: {" ".join(r.upper() for r in ROLES[args.mode])}')
     if args.limit is not None and args.limit < 1:
@@ -173,34 +190,21 @@ def select_topics(connections, mode: str, topics: list[str] | None,
     return roles
 
 
-class _BagSource:
-    """A message_filters input fed from a bag instead of a subscription."""
-
-    def __init__(self):
-        self.callbacks = []
-
-    def registerCallback(self, cb, *args):  # noqa: N802 (message_filters API)
-        self.callbacks.append((cb, args))
-
-    def signalMessage(self, msg):  # noqa: N802
-        for cb, args in self.callbacks:
-            cb(msg, *args)
-
-
 class Pairer:
     """The node's synchroniser over bag messages: ``feed(role, msg)`` -> completed sets."""
 
-    def __init__(self, roles: tuple[str, ...], approximate: bool, queue_size: int,
-                 slop: float):
+    def __init__(self, roles: tuple[str, ...], values: dict):
         from romav2_ros import sync
-        self.sources = {role: _BagSource() for role in roles}
-        sources = list(self.sources.values())
-        if approximate:
-            synchroniser = sync.ApproximateTimeSynchronizer(sources, queue_size, slop)
-        else:
-            synchroniser = sync.ExactTimeSynchronizer(sources, queue_size)
+        # message_filters inputs fed from the bag instead of subscriptions
+        self.sources = {role: sync.SimpleFilter() for role in roles}
+        synchroniser = sync.from_parameters(list(self.sources.values()), values)
         self._ready: list[tuple] = []
+        self.late = 0
         synchroniser.registerCallback(lambda *msgs: self._ready.append(msgs))
+        synchroniser.registerDropCallback(self._on_drop)
+
+    def _on_drop(self, reason: str, msg) -> None:
+        self.late += 1
 
     def feed(self, role: str, msg) -> list[tuple]:
         self.sources[role].signalMessage(msg)
@@ -315,36 +319,49 @@ def stop_requests() -> Iterator[dict]:
 
 
 class _Run:
-    """One replay's state: the pipeline, the output bag and the running summary."""
+    """One replay's state: the pipeline, the output bag, the pending batch and the summary."""
 
     def __init__(self, args, pipeline, writer: bag_io.BagWriter, progress: Progress):
         self.args, self.pipeline, self.writer, self.progress = args, pipeline, writer, progress
         self.wanted = {k for k in args.outputs if args.values[f'publish_{k}']}
         self.summary = Summary()
+        self._pending: list[tuple] = []     # (msgs, log_ns) waiting for a full batch
 
     def handle(self, msgs: tuple, log_ns: int) -> None:
-        """Process one synchronised set and write its outputs at ``log_ns``."""
+        """Queue one synchronised set; a full batch (or what ``--limit`` still allows) is
+        processed and written."""
+        self._pending.append((msgs, log_ns))
+        limit = self.args.limit
+        if len(self._pending) >= self.args.batch or \
+                limit is not None and self.summary.processed + len(self._pending) >= limit:
+            self.flush()
+
+    def done(self) -> bool:
+        """``--limit`` pairs have been written."""
+        return self.args.limit is not None and self.summary.processed >= self.args.limit
+
+    def flush(self) -> None:
+        """Process the pending sets and write their outputs, each at its own log time."""
         from romav2_ros.pipeline import InputError
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
         summary = self.summary
-        summary.sets += 1
-        try:
-            if self.args.mode == 'stereo':
-                result = self.pipeline.process_stereo(*msgs, self.wanted)
-            else:
-                result = self.pipeline.process_sequential(*msgs, self.wanted)
-        except InputError as exc:
-            summary.dropped[exc.code] += 1
-            result = None
-        else:
-            if result is None:
+        outcomes = self.pipeline.process_batch([m for m, _ in pending], self.wanted)
+        for (_, log_ns), out in zip(pending, outcomes):
+            summary.sets += 1
+            if isinstance(out, InputError):
+                summary.dropped[out.code] += 1
+                continue
+            summary.add_notes(out.notes)
+            if not out.paired:
                 summary.notes['first frame of a sequence (no pair yet)'] += 1
-        if result is not None:
+                continue
             with bag_io.signals_deferred():  # a frame's outputs are written all or none
-                for key, msg in result.messages.items():
+                for key, msg in out.messages.items():
                     self.writer.write(f'/{self.args.node_name}/{key}', msg, log_ns)
             summary.processed += 1
-            summary.add_timings(result.timings)
-            summary.add_notes(result.notes)
+            summary.add_timings(out.timings)
         self.progress.update(summary.sets, summary.processed)
 
 
@@ -381,8 +398,7 @@ def replay(args, matcher=None) -> int:
                   flush=True)
             matcher = build_matcher(values)
         pipeline = MatchingPipeline(matcher, params.pipeline_config(values))
-        pairer = Pairer(ROLES[args.mode], values['approximate_sync'],
-                        values['sync_queue_size'], values['sync_slop'])
+        pairer = Pairer(ROLES[args.mode], values)
         status, error = 'done', None
         with bag_io.BagWriter(args.out_bag, args.storage, store) as writer, \
                 stop_requests() as stop:
@@ -397,12 +413,15 @@ def replay(args, matcher=None) -> int:
                     run.summary.role_counts[role] += 1
                     for msgs in pairer.feed(role, bag_io.deserialize(raw, conn.msgtype)):
                         run.handle(msgs, log_ns)
-                    if args.limit is not None and run.summary.processed >= args.limit:
+                    if run.done():
                         break
+                run.flush()
             except KeyboardInterrupt:
                 status = 'interrupted'
             except bag_io.BagError as exc:
                 status, error = 'stopped by an input error', exc
+        if pairer.late:
+            run.summary.dropped['late_input'] += pairer.late
         run.progress.update(run.summary.sets, run.summary.processed, final=True)
         for line in run.summary.lines(time.monotonic() - started, status, writer.counts):
             print(line, file=sys.stderr)

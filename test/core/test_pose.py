@@ -120,3 +120,28 @@ def test_too_few_matches_returns_none():
 def test_quaternion_ros_order():
     q = rotation_to_quaternion(cv2.Rodrigues(np.array([0.0, 0.0, np.pi / 2]))[0])
     np.testing.assert_allclose(q, [0, 0, np.sqrt(0.5), np.sqrt(0.5)], atol=1e-12)
+
+
+def test_pose_between_rectified_frames_maps_to_the_optical_frames():
+    """A rig with rectification rotations of 1.4-2.8 deg (cv2.stereoRectify of a known R, T):
+    matches between the rectified images give the pose of the rectified frames (identity
+    rotation); in_camera_frames must return the rig's own (R, T direction) within 0.05 deg,
+    with the covariance rotated along."""
+    K1 = np.array([[700.0, 0, 330.0], [0, 705.0, 238.0], [0, 0, 1]])
+    K2 = np.array([[710.0, 0, 318.0], [0, 708.0, 244.0], [0, 0, 1]])
+    R = cv2.Rodrigues(np.array([0.01, -0.02, 0.015]))[0]          # 1.5 deg
+    T = np.array([-0.12, 0.002, 0.002])
+    R1, R2, P1, P2, _, _, _ = cv2.stereoRectify(K1, np.zeros(5), K2, np.zeros(5), (640, 480),
+                                                R, T, alpha=0)
+    assert 1.0 < angle_deg(R1) < 3.0 and 1.0 < angle_deg(R2) < 3.0
+    X = scene()                                                   # left optical frame
+    pa = project(X @ R1.T, K=P1[:, :3])                           # rectified left pixels
+    pb = project((X @ R.T + T) @ R2.T, K=P2[:, :3])               # rectified right pixels
+    est = estimate_relative_pose(pa, pb, P1[:, :3], P2[:, :3])
+    assert angle_deg(est.R) < 0.05                                # rectified: parallel
+    mapped = est.in_camera_frames(R1, R2)
+    assert angle_deg(mapped.R @ R.T) < 0.05
+    t = T / np.linalg.norm(T)
+    assert np.degrees(np.arccos(np.clip(mapped.t @ t, -1, 1))) < 0.05
+    # the unobservable scale direction follows t into the optical frame
+    check_covariance(mapped.covariance, mapped.t)

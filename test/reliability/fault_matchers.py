@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from romav2_core import geometry
+from matcher_doubles import GridDouble
 
 W, H = 160, 120
 SHIFT_PX = 2.0
@@ -24,46 +24,32 @@ MARK_OOM, MARK_ERROR = 251, 252
 FOCAL = 100.0
 
 
-class ShiftMatcher:
-    device = 'cpu'
+class ShiftMatcher(GridDouble):
+    covariance_grid = np.eye(2) * 0.25
 
     def __init__(self, output_hw=(24, 32), delay: float = 0.0):
-        self._hw = output_hw
-        self.delay = delay
+        super().__init__(output_hw, delay)
         self.matched = 0
         self.rss_samples: list[int] = []   # filled by the soak (see sample_rss_every)
         self.sample_rss_every = 0
 
-    @property
-    def output_hw(self):
-        return self._hw
+    def warp_px(self, u, v, a, b):
+        return u - SHIFT_PX, v
 
-    def encode(self, images):
-        r, g, b = (float(images[0, c, 0, 0]) for c in range(3))
+    def check(self, a, b):
         # a mark is a red value with green and blue exactly 0 (the node's random warm-up
         # image never has that, so it cannot hit a fault by chance)
-        mark = int(round(r * 255)) if g == 0.0 and b == 0.0 else 0
-        return {'hw': tuple(images.shape[-2:]), 'mark': mark}
-
-    def match_features(self, fa, fb):
-        if fa['mark'] == MARK_OOM:
+        r, g, bl = a.corner
+        mark = r if g == 0 and bl == 0 else 0
+        if mark == MARK_OOM:
             raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB '
                                               '(simulated by the test matcher)')
-        if fa['mark'] == MARK_ERROR:
+        if mark == MARK_ERROR:
             _broken_helper()
-        if self.delay:
-            time.sleep(self.delay)
         self.matched += 1
         if self.sample_rss_every and self.matched % self.sample_rss_every == 0:
             import psutil
             self.rss_samples.append(psutil.Process().memory_info().rss)
-        ho, wo = self._hw
-        _, wb = fb['hw']
-        warp = geometry.normalized_grid(1, ho, wo).clone()
-        warp[..., 0] -= 2 * SHIFT_PX / wb
-        cov = torch.eye(2).expand(1, ho, wo, 2, 2) * 0.25
-        return {'warp_AB': warp, 'overlap_AB': torch.full((1, ho, wo, 1), 0.9),
-                'covariance_AB': cov}
 
 
 def _broken_helper():

@@ -1,19 +1,17 @@
-"""The node's worker logic without rclpy or DDS: :class:`RoMaV2Node`'s own methods on a
-stand-in object with recording publishers and logger.
+"""The node's worker logic without rclpy or DDS: :class:`MatchingNodeCore` (the code both
+node executables run) on a stand-in object with recording publishers and logger.
 
-``_on_synchronized``, ``_work``, ``_process``, ``_fault``, ``_report`` and ``_log_limited``
-are the node's functions, unchanged; only what needs an rclpy context (publishers, the logger,
-``/diagnostics`` publishing, subscriber counts) is replaced.
+Queueing, the worker, processing, fault handling and accounting are the node's own methods,
+unchanged; only what needs an rclpy context (publishers, the logger, ``/diagnostics``
+publishing, subscriptions, subscriber counts) is replaced.
 """
 from __future__ import annotations
 
-import threading
 import time
 
 from romav2_ros import params
 from romav2_ros.diagnostics import Diagnostics
-from romav2_ros.node import INPUT_TOPICS, LatestQueue, RoMaV2Node, StartupError, _explain
-from romav2_ros.pipeline import OUTPUTS
+from romav2_ros.node import MatchingNodeCore
 
 
 class RecordingLogger:
@@ -46,52 +44,47 @@ class RecordingPublisher:
         self.messages.append(msg)
 
 
-class InProcessNode:
-    """RoMaV2Node's worker, queue and accounting; ``wanted``: the outputs "subscribed"."""
-
-    _on_synchronized = RoMaV2Node._on_synchronized
-    _build = RoMaV2Node._build
-    _work = RoMaV2Node._work
-    _handle = RoMaV2Node._handle
-    _process = RoMaV2Node._process
-    _fault = RoMaV2Node._fault
-    _report = RoMaV2Node._report
-    _log_limited = RoMaV2Node._log_limited
+class InProcessNode(MatchingNodeCore):
+    """The node's behaviour; ``wanted``: the outputs "subscribed"."""
 
     def __init__(self, mode: str = 'stereo', model_source: str = 'fault_matchers:shift',
                  wanted=('warp', 'certainty', 'matches'), device: str = 'cpu', **overrides):
-        self.values = {p.name: p.default for p in params.PARAMS}
-        self.values.update(mode=mode, model_source=model_source, warmup=False, device='cpu',
-                           **overrides)
-        self.mode = mode
+        values = {p.name: p.default for p in params.PARAMS}
+        values.update(mode=mode, model_source=model_source, warmup=False, device='cpu',
+                      **overrides)
+        self._init_state(values)
         self.device = device
-        self.pipeline = None
-        self.queue = LatestQueue()
-        self._stop = threading.Event()
-        self._ready = threading.Event()
-        self._failure = None
-        self._last_log = {}
-        self._last_viz = 0.0
         self.logger = RecordingLogger()
-        self.pubs = {k: RecordingPublisher() for k in OUTPUTS
-                     if k != 'disparity' or mode == 'stereo'}
-        topics = ['/' + t for t in INPUT_TOPICS[mode]]
-        self.diagnostics = Diagnostics(None, ' and '.join(topics), device, inputs=topics)
         self.wanted = set(wanted)
-        self._worker = threading.Thread(target=self._work, name='romav2_worker', daemon=True)
 
+    # ------------------------------------------------------------------ the rclpy seams
     def get_logger(self):
         return self.logger
 
     def _wanted(self):
         return set(self.wanted)
 
+    def _create_output_publisher(self, msg_type, topic, qos):
+        return RecordingPublisher()
+
+    def _destroy_output_publisher(self, pub) -> None:
+        pass
+
+    def _new_diagnostics(self, inputs: list) -> Diagnostics:
+        return Diagnostics(None, ' and '.join(inputs), self.device, inputs=inputs,
+                           mode=self.mode)
+
+    def _input_names(self, topics) -> list:
+        return ['/' + t for t in topics]
+
+    def _subscribe(self, topics) -> None:
+        pass
+
     # ------------------------------------------------------------------ driving
     def start(self) -> 'InProcessNode':
-        self._worker.start()
-        self._ready.wait(60)
-        if self._failure is not None:
-            raise StartupError(_explain(self._failure, self.values)) from self._failure
+        """Configure (the worker thread builds the matcher) and activate, as the node."""
+        self._configure()
+        self._activate()
         return self
 
     def wait_taken(self, timeout: float = 10.0) -> None:
@@ -102,12 +95,14 @@ class InProcessNode:
             time.sleep(0.002)
 
     def close(self):
-        self._stop.set()
-        self._worker.join(10)
+        self._cleanup()
 
     def build(self) -> 'InProcessNode':
-        """Build the matcher and pipeline on this thread (synchronous use with :meth:`feed`)."""
-        self._build()
+        """Build the matcher and pipeline on this thread, without a worker (synchronous use
+        with :meth:`feed`)."""
+        self._build_pipeline()
+        self._open_topics()
+        self._activate()
         return self
 
     def feed(self, *msgs) -> None:

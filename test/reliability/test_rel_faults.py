@@ -103,8 +103,9 @@ def test_close_while_the_model_is_busy_is_prompt():
     node._on_synchronized(*fm.stereo_set(0, t(0)))
     node.wait_taken()
     time.sleep(0.05)                      # inside the 0.3 s match
+    worker = node._worker
     start = time.monotonic()
     node.close()
     elapsed = time.monotonic() - start
-    assert not node._worker.is_alive()
+    assert not worker.is_alive()
     assert elapsed < 0.5, f'close took {elapsed:.2f} s'

@@ -29,7 +29,8 @@ SHUTDOWN_LIMIT_S = 2.0
 @pytest.fixture
 def tester(monkeypatch):
     monkeypatch.setenv('PYTHONPATH', os.pathsep.join(filter(None, [
-        str(HERE), os.environ.get('PYTHONPATH')])))   # the node imports fault_matchers
+        str(HERE), str(HERE.parent), os.environ.get('PYTHONPATH')])))
+    # the node imports fault_matchers (and matcher_doubles from test/)
     t = Tester()
     yield t
     t.close()
@@ -96,7 +97,7 @@ def broken(k: int, how: str):
     left, li, right, ri = fm.stereo_set(k, s, mark={'oom': fm.MARK_OOM,
                                                     'error': fm.MARK_ERROR}.get(how, 0))
     if how == 'unsupported_encoding':
-        left.encoding = 'yuv422'
+        left.encoding = 'nv21'
     elif how == 'zero_size':
         left.height = left.width = left.step = 0
         left.data = b''
@@ -137,8 +138,8 @@ def test_mixed_stream_counts_outputs_missing_info_and_sigterm(tester, tmp_path):
                  (4, 'too_large'), (5, 'step_mismatch'), (6, 'size_mismatch'),
                  (7, 'nan_camera_info'), (8, 'good'), (9, 'oom'), (10, 'good'), (11, 'error'),
                  (12, 'good'), (13, 'no_right_info'), (14, 'good'), (15, 'late_info'),
-                 (15, 'good'),          # a duplicate stamp
-                 (14, 'good'),          # out of order
+                 (15, 'good'),          # a duplicate stamp: late, dropped by the sync
+                 (14, 'good'),          # out of order: late, dropped by the sync
                  (16, 'nan_pixels'), (17, 'good'), (-1, 'jump_back'), (-2, 'after_jump')]
         good = []
         for k, how in cases:
@@ -174,7 +175,7 @@ def test_mixed_stream_counts_outputs_missing_info_and_sigterm(tester, tmp_path):
         inp, proc = tester.diag_values(': input'), tester.diag_values(': processing')
         expected = {'unsupported_encoding': 1, 'zero_size': 1, 'too_large': 1,
                     'step_mismatch': 1, 'size_mismatch': 1, 'nan_camera_info': 1,
-                    'stamp_out_of_order': 2, 'stamp_jump': 1, 'internal_error': 1}
+                    'late_input': 2, 'stamp_jump': 1, 'internal_error': 1}
         got = {k[len('bad_input.'):]: int(v) for k, v in inp.items()
                if k.startswith('bad_input.')}
         assert got == expected, inp

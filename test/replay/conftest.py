@@ -12,9 +12,11 @@ BIN = Path(sys.executable).parent
 @pytest.fixture
 def script_env():
     """Environment for the console scripts: this folder importable (replay_doubles), the
-    rest inherited (the ROS wheels' re-exec needs it, see docs/ros2-runtime pitfalls)."""
+    rest inherited (the ROS wheels' re-exec needs it, see docs/ros2-runtime pitfalls); test/
+    too, for matcher_doubles."""
     env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(HERE), env.get('PYTHONPATH')]))
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(HERE), str(HERE.parent),
+                                                      env.get('PYTHONPATH')]))
     env['PYTHONUNBUFFERED'] = '1'
     return env
 

@@ -5,15 +5,13 @@ with this folder on PYTHONPATH.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
-from romav2_core import geometry
+from matcher_doubles import GridDouble
 
 #: First stamp of the test bags.
 T0_NS = 1_700_000_000 * 1_000_000_000
@@ -22,31 +20,21 @@ STEREO_TOPICS = ('/stereo/left/image_rect', '/stereo/left/camera_info',
 SEQUENCE_TOPICS = ('/camera/image_raw', '/camera/camera_info')
 
 
-class ShiftOracle:
+class ShiftOracle(GridDouble):
     """A DenseMatcher with a known warp: pixel (x, y) of A is at (x - shift_px, y) in B.
 
     Certainty 0.9 and covariance 0.25 px^2 everywhere; ``delay_s`` per match makes the
     replay slow enough to interrupt.
     """
 
-    output_hw = (12, 16)
-    device = 'cpu'
+    covariance_grid = np.eye(2) * 0.25
 
     def __init__(self, shift_px: float = 2.0, delay_s: float = 0.0):
-        self.shift_px, self.delay_s = shift_px, delay_s
+        super().__init__(output_hw=(12, 16), delay=delay_s)
+        self.shift_px = shift_px
 
-    def encode(self, images: torch.Tensor):
-        return images.shape[-2:]
-
-    def match_features(self, feats_A, feats_B) -> dict:
-        time.sleep(self.delay_s)
-        H, W = self.output_hw
-        _, W_B = feats_B
-        warp = geometry.normalized_grid(1, H, W).clone()
-        warp[..., 0] -= 2 * self.shift_px / W_B
-        cov = torch.eye(2).expand(1, H, W, 2, 2) * 0.25
-        return {'warp_AB': warp, 'overlap_AB': torch.full((1, H, W, 1), 0.9),
-                'covariance_AB': cov}
+    def warp_px(self, u, v, a, b):
+        return u - self.shift_px, v
 
 
 def oracle(config, device, weights, seed):

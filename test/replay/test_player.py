@@ -5,7 +5,7 @@ import time
 import pytest
 
 import replay_doubles as doubles
-from romav2_ros import bag_io
+from romav2_ros import bag_io, messages
 
 pytestmark = pytest.mark.ros
 
@@ -63,10 +63,10 @@ def test_player_publishes_clock_and_messages_in_order(tmp_path, storage, ros_env
         err = proc.stderr.read()
         assert f'published {2 * frames} messages on 2 topics' in err, err
 
-        assert [bag_io.stamp_ns(m.header.stamp) for m in images] == stamps
-        assert [bag_io.stamp_ns(m.header.stamp) for m in infos] == stamps
+        assert [messages.stamp_ns(m.header.stamp) for m in images] == stamps
+        assert [messages.stamp_ns(m.header.stamp) for m in infos] == stamps
         assert images[0].height == 48 and images[0].encoding == 'rgb8'
-        clock_ns = [bag_io.stamp_ns(c.clock) for c in clocks]
+        clock_ns = [messages.stamp_ns(c.clock) for c in clocks]
         assert clock_ns == sorted(clock_ns)
         assert stamps[0] <= clock_ns[0] and clock_ns[-1] == stamps[-1]
         # Between messages /clock ticks too (100 Hz for 0.25 s of bag time here).
@@ -128,12 +128,12 @@ def test_node_outputs_carry_the_bag_stamps(tmp_path, ros_env_guard, play_exe, sc
                    len(disparities) == len(stamps), 60)
         assert play.wait(30) == 0, play.stderr.read()
         spin_until(tester, lambda: False, 1.0)
-        got = [bag_io.stamp_ns(m.header.stamp) for m in warps]
+        got = [messages.stamp_ns(m.header.stamp) for m in warps]
         # The node may drop a set when busy (drop-oldest queue); what it sends keeps the
         # bag's stamps, in order.
         assert got and got == [s for s in stamps if s in got], (got, stamps)
         assert all(m.header.frame_id == 'left_optical' and m.encoding == '32FC2' for m in warps)
-        assert [bag_io.stamp_ns(m.header.stamp) for m in disparities] == \
+        assert [messages.stamp_ns(m.header.stamp) for m in disparities] == \
             [s for s in stamps if s in got]
     finally:
         for proc in (play, node_proc):

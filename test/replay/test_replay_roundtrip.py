@@ -8,8 +8,8 @@ from rosbags.rosbag2 import Reader
 from rosbags.typesys import Stores, get_typestore
 
 import replay_doubles as doubles
-from romav2_ros import bag_io, replay
-from romav2_ros.pipeline import OUTPUTS
+from romav2_ros import bag_io, messages, replay
+from romav2_ros.pipeline import mode_outputs
 
 NODE = '/romav2_node'
 ENCODINGS = {'warp': '32FC2', 'certainty': '32FC1', 'covariance': '32FC3',
@@ -30,15 +30,15 @@ def read_bag(path):
     return out
 
 
-def check_stereo_outputs(out_bag, stamps, outputs=OUTPUTS):
+def check_stereo_outputs(out_bag, stamps, outputs=mode_outputs('stereo')):
     got = read_bag(out_bag)
     assert {t for t in got if t.startswith(NODE)} == {f'{NODE}/{k}' for k in outputs}
     for key in outputs:
         records = got[f'{NODE}/{key}']
         assert [r[0] for r in records] == stamps, key        # one per pair, at its log time
         for (_, ros_msg, rcl_msg), stamp in zip(records, stamps):
-            assert bag_io.stamp_ns(rcl_msg.header.stamp) == stamp
-            assert bag_io.stamp_ns(ros_msg.header.stamp) == stamp
+            assert messages.stamp_ns(rcl_msg.header.stamp) == stamp
+            assert messages.stamp_ns(ros_msg.header.stamp) == stamp
             expected_frame = 'right_optical' if key == 'relative_pose' else 'left_optical'
             assert rcl_msg.header.frame_id == expected_frame, key
             if key in ENCODINGS:
@@ -89,9 +89,9 @@ def test_sequential_mode(tmp_path, capsys):
     for key in ('warp', 'matches', 'relative_pose_info'):
         records = got[f'{NODE}/{key}']
         # A = the current frame; the first frame has no previous one.
-        assert [bag_io.stamp_ns(r[2].header.stamp) for r in records] == stamps[1:]
+        assert [messages.stamp_ns(r[2].header.stamp) for r in records] == stamps[1:]
     info = got[f'{NODE}/relative_pose_info']
-    assert [bag_io.stamp_ns(r[2].stamp_b) for r in info] == stamps[:-1]
+    assert [messages.stamp_ns(r[2].stamp_b) for r in info] == stamps[:-1]
     assert 'first frame of a sequence' in capsys.readouterr().err
 
 
@@ -175,7 +175,7 @@ def test_random_weights_model(tmp_path, capsys):
                         '--outputs', 'warp,certainty,covariance,matches']) == 0
     got = read_bag(tmp_path / 'out')
     for key in ('warp', 'certainty', 'covariance', 'matches'):
-        assert [bag_io.stamp_ns(r[2].header.stamp) for r in got[f'{NODE}/{key}']] == stamps
+        assert [messages.stamp_ns(r[2].header.stamp) for r in got[f'{NODE}/{key}']] == stamps
     certainty = np.frombuffer(bytes(got[f'{NODE}/certainty'][0][2].data), np.float32)
     assert np.isfinite(certainty).all() and ((0 <= certainty) & (certainty <= 1)).all()
     assert '1 processed of 1' in capsys.readouterr().err

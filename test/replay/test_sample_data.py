@@ -50,13 +50,14 @@ def test_sample_contents(samples):
 
 
 @pytest.mark.parametrize('bag, extra, processed', [
-    ('motorcycle_stereo', [], 1),
-    ('motorcycle_stereo_compressed', ['-p', 'input_transport:=compressed'], 1),
-    ('coffee_sequence', ['--mode', 'sequential'], make_sample_data.SEQ_FRAMES - 1),
+    ('motorcycle_stereo', ['--outputs', 'warp,disparity,depth,matches'], 1),
+    ('motorcycle_stereo_compressed', ['-p', 'input_transport:=compressed', '--outputs',
+                                      'warp,disparity,matches'], 1),
+    ('coffee_sequence', ['--mode', 'sequential', '--outputs', 'warp,matches'],
+     make_sample_data.SEQ_FRAMES - 1),
 ])
 def test_samples_replay(samples, tmp_path, bag, extra, processed, capsys):
-    args = replay.parse_args([str(samples / bag), str(tmp_path / 'out'),
-                              '--outputs', 'warp,disparity,matches', *extra])
+    args = replay.parse_args([str(samples / bag), str(tmp_path / 'out'), *extra])
     assert replay.replay(args, matcher=doubles.ShiftOracle()) == 0
     assert f'{processed} processed of' in capsys.readouterr().err
     with Reader(tmp_path / 'out') as reader:

@@ -31,7 +31,8 @@ def profile_env() -> dict:
 
 def node_env() -> dict:
     env = dict(os.environ)  # keep the ROS wheels' bootstrap variables together
-    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(Path(__file__).parent),
+    here = Path(__file__).parent     # oracle_matchers, and test/ for matcher_doubles
+    env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(here), str(here.parent),
                                                       env.get('PYTHONPATH')]))
     env.update(profile_env())
     env['PYTHONUNBUFFERED'] = '1'

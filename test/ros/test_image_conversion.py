@@ -7,7 +7,10 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from romav2_ros.image_conversion import (ENCODINGS, InputError, compressed_to_numpy,
                                          imgmsg_to_numpy, numpy_to_compressed,
-                                         numpy_to_imgmsg, to_rgb_float)
+                                         numpy_to_imgmsg, to_rgb)
+
+
+YUV = ('yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv')
 
 
 def random_array(encoding, h, w, seed=0):
@@ -23,6 +26,8 @@ def random_array(encoding, h, w, seed=0):
 @given(encoding=st.sampled_from(sorted(ENCODINGS)), h=st.integers(1, 9), w=st.integers(1, 9),
        pad=st.integers(0, 7), big_endian=st.booleans())
 def test_round_trip_with_padding_and_byte_order(encoding, h, w, pad, big_endian):
+    if encoding in YUV:
+        w += w % 2          # packed 4:2:2 pairs pixels
     arr = random_array(encoding, h, w)
     dtype, c = ENCODINGS[encoding]
     order = '>' if big_endian else '<'
@@ -41,20 +46,81 @@ def test_nan_survives_float_images():
     arr[0, 0] = 1.5
     out = imgmsg_to_numpy(numpy_to_imgmsg(arr, '32FC1'))
     assert np.isnan(out).sum() == 11 and out[0, 0] == 1.5
-    assert np.isfinite(to_rgb_float(numpy_to_imgmsg(arr, '32FC1'))).all()
+    assert np.isfinite(to_rgb(numpy_to_imgmsg(arr, '32FC1'))).all()
+
+
+def as_unit_float(img):
+    return img / 255.0 if img.dtype == np.uint8 else img.astype(np.float64)
 
 
 @pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16'])
-def test_model_input_is_rgb_float(encoding):
+def test_model_input_is_rgb(encoding):
+    """8-bit sources stay uint8 (converted on the device), 16-bit ones become [0, 1]."""
     rgb = random_array('rgb8', 5, 6)
     arr = {'rgb8': rgb, 'bgr8': rgb[..., ::-1], 'rgba8': np.dstack([rgb, rgb[..., :1]]),
            'bgra8': np.dstack([rgb[..., ::-1], rgb[..., :1]]), 'mono8': rgb[..., 0],
            'mono16': rgb[..., 0].astype(np.uint16) * 257}[encoding]
-    out = to_rgb_float(numpy_to_imgmsg(np.ascontiguousarray(arr), encoding))
+    out = to_rgb(numpy_to_imgmsg(np.ascontiguousarray(arr), encoding))
     want = rgb / 255.0 if encoding not in ('mono8', 'mono16') else \
         np.repeat(rgb[..., :1] / 255.0, 3, axis=2)
-    assert out.dtype == np.float32 and out.shape == (5, 6, 3)
-    np.testing.assert_allclose(out, want, atol=1e-6)
+    assert out.dtype == (np.float32 if encoding == 'mono16' else np.uint8)
+    assert out.shape == (5, 6, 3) and out.flags['C_CONTIGUOUS']
+    np.testing.assert_allclose(as_unit_float(out), want, atol=1e-6)
+
+
+#: Which colour each ROS Bayer pattern puts at (row % 2, column % 2): the names spell the
+#: first two rows (rggb: R G / G B).
+BAYER = {'rggb': ('R', 'G', 'G', 'B'), 'bggr': ('B', 'G', 'G', 'R'),
+         'gbrg': ('G', 'B', 'R', 'G'), 'grbg': ('G', 'R', 'B', 'G')}
+
+
+@pytest.mark.parametrize('pattern', sorted(BAYER))
+@pytest.mark.parametrize('bits', [8, 16])
+def test_bayer_is_demosaiced_with_the_right_pattern(pattern, bits):
+    """A mosaic of a uniform colour, sampled by the pattern's definition, demosaics back to
+    that colour (a wrong pattern swaps red and blue or mixes green in)."""
+    colour = {'R': 200, 'G': 90, 'B': 30}
+    h, w = 12, 16
+    mosaic = np.empty((h, w), np.uint16 if bits == 16 else np.uint8)
+    for k, name in enumerate(BAYER[pattern]):
+        mosaic[k // 2::2, k % 2::2] = colour[name] * (257 if bits == 16 else 1)
+    out = to_rgb(numpy_to_imgmsg(mosaic, f'bayer_{pattern}{bits}'))
+    inner = as_unit_float(out)[2:-2, 2:-2] * 255
+    np.testing.assert_allclose(inner, np.broadcast_to([200, 90, 30], inner.shape), atol=1.0)
+
+
+def yuv601(rgb):
+    """BT.601 studio-swing Y'CbCr of RGB (what OpenCV's YUV422 conversions invert)."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+    cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+    cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+    return y, cb, cr
+
+
+@pytest.mark.parametrize('encoding', ['yuv422', 'uyvy', 'yuv422_yuy2', 'yuyv'])
+def test_yuv422_is_decoded_in_its_byte_order(encoding):
+    """Packed 4:2:2 built from a known image by the formats' byte orders (UYVY: U Y0 V Y1;
+    YUYV: Y0 U Y1 V) decodes back to it (chroma shared by pixel pairs of equal colour)."""
+    rng = np.random.default_rng(3)
+    pairs = rng.integers(20, 235, (6, 5, 3)).astype(np.uint8)
+    rgb = np.repeat(pairs, 2, axis=1)                          # 6 x 10, pairs share colour
+    y, cb, cr = (np.rint(c).astype(np.uint8) for c in yuv601(rgb))
+    packed = np.empty((6, 10, 2), np.uint8)
+    uyvy = encoding in ('yuv422', 'uyvy')
+    packed[..., 1 if uyvy else 0] = y
+    packed[:, 0::2, 0 if uyvy else 1] = cb[:, 0::2]
+    packed[:, 1::2, 0 if uyvy else 1] = cr[:, 0::2]
+    out = to_rgb(numpy_to_imgmsg(packed, encoding))
+    assert out.dtype == np.uint8 and out.shape == (6, 10, 3)
+    np.testing.assert_allclose(out.astype(int), rgb.astype(int), atol=3)
+
+
+def test_yuv422_odd_width_is_refused():
+    msg = numpy_to_imgmsg(np.zeros((2, 3, 2), np.uint8), 'uyvy')
+    with pytest.raises(InputError) as err:
+        to_rgb(msg)
+    assert err.value.code == 'step_mismatch'
 
 
 def test_colour_conversion_like_cv_bridge():
@@ -78,8 +144,8 @@ def test_compressed_round_trip(encoding, fmt):
     msg = numpy_to_compressed(arr, encoding, fmt)
     assert isinstance(msg, CompressedImage) and msg.format.startswith(f'{encoding}; {fmt}')
     decoded, enc = compressed_to_numpy(msg)
-    back = to_rgb_float(msg)
-    want = to_rgb_float(numpy_to_imgmsg(arr, encoding))
+    back = as_unit_float(to_rgb(msg))
+    want = as_unit_float(to_rgb(numpy_to_imgmsg(arr, encoding)))
     if fmt == 'png':
         np.testing.assert_allclose(back, want, atol=1e-6)
     else:
@@ -88,8 +154,7 @@ def test_compressed_round_trip(encoding, fmt):
 
 
 @pytest.mark.parametrize('kwargs,code', [
-    (dict(encoding='bayer_rggb8', height=2, width=2, step=2, data=bytes(4)),
-     'unsupported_encoding'),
+    (dict(encoding='nv21', height=2, width=2, step=2, data=bytes(6)), 'unsupported_encoding'),
     (dict(encoding='rgb8', height=0, width=0, step=0, data=b''), 'zero_size'),
     (dict(encoding='rgb8', height=2, width=2, step=5, data=bytes(10)), 'step_mismatch'),
     (dict(encoding='rgb8', height=2, width=2, step=6, data=bytes(11)), 'step_mismatch'),

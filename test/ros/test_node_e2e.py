@@ -10,7 +10,7 @@ import psutil
 import pytest
 from builtin_interfaces.msg import Time
 from geometry_msgs.msg import PoseWithCovarianceStamped
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
 import oracle_matchers as om
@@ -22,12 +22,15 @@ from romav2_ros.image_conversion import imgmsg_to_numpy
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.usefixtures('ros_env_guard')]
 
 TYPES = {'warp': Image, 'certainty': Image, 'covariance': Image, 'disparity': DisparityImage,
+         'depth': Image, 'depth_stddev': Image, 'points2': PointCloud2,
          'matches': SampledMatches, 'relative_pose': PoseWithCovarianceStamped,
          'relative_pose_info': RelativePose, 'matches_viz': Image, 'warp_viz': Image,
          'covariance_viz': Image}
+STEREO_ONLY = ('disparity', 'depth', 'depth_stddev', 'points2')
 LAYOUT = {'warp': ('32FC2', om.W, 8 * om.W), 'certainty': ('32FC1', om.W, 4 * om.W),
           'covariance': ('32FC3', om.W, 12 * om.W), 'matches_viz': ('rgb8', 2 * om.W, 6 * om.W),
           'warp_viz': ('rgb8', 2 * om.W, 6 * om.W), 'covariance_viz': ('rgb8', om.W, 3 * om.W)}
+STEREO_LAYOUT = {'depth': ('32FC1', om.W, 4 * om.W), 'depth_stddev': ('32FC1', om.W, 4 * om.W)}
 THRESHOLD = 0.05
 BASE_PARAMS = {'viz_rate': 0.0, 'output_qos_depth': 10, 'certainty_threshold': THRESHOLD}
 
@@ -40,7 +43,7 @@ def tester():
 
 
 def stamp(k: int) -> Time:
-    return Time(sec=100, nanosec=k * 100_000_000)
+    return Time(sec=100 + k // 10, nanosec=(k % 10) * 100_000_000)
 
 
 def wait_connected(t: Tester, pubs, keys):
@@ -56,16 +59,23 @@ def subscribe_outputs(t: Tester, keys):
     t.record_diagnostics()
 
 
-def wait_outputs(t: Tester, keys, k: int, timeout=30):
-    t.spin_until(lambda: all(any(m.header.stamp == stamp(k) for m in t.received[key])
-                             for key in keys), timeout, f'outputs of pair {k}')
+def output_stamp(key: str, k: int, sequential: bool) -> Time:
+    """The stamp of pair k's output: A's, except ~/relative_pose, which is stamped with B's
+    (the frame it is expressed in): frame k-1 in sequential mode."""
+    return stamp(k - 1 if sequential and key == 'relative_pose' else k)
 
 
-def check_outputs(t: Tester, keys, n_pairs: int, first: int, R, tvec):
+def wait_outputs(t: Tester, keys, k: int, timeout=60, sequential=False):
+    t.spin_until(lambda: all(any(m.header.stamp == output_stamp(key, k, sequential)
+                                 for m in t.received[key]) for key in keys),
+                 timeout, f'outputs of pair {k}')
+
+
+def check_outputs(t: Tester, keys, n_pairs: int, first: int, R, tvec, sequential=False):
     """Exactly one output per pair and topic, documented layout, finite where certain."""
     for key in keys:
         assert [m.header.stamp for m in t.received[key]] == \
-            [stamp(k) for k in range(first, first + n_pairs)], key
+            [output_stamp(key, k, sequential) for k in range(first, first + n_pairs)], key
     for k in range(n_pairs):
         for key, (enc, width, step) in LAYOUT.items():
             m = t.received[key][k]
@@ -112,6 +122,25 @@ def test_stereo_one_output_per_pair(tester, tmp_path):
         for k, d in enumerate(tester.received['disparity']):
             assert d.header.frame_id == 'left_optical'
             assert d.f == pytest.approx(om.FOCAL) and d.t == pytest.approx(om.BASELINE)
+        # REP 118 depth and its uncertainty: 32FC1 metres of the left image; the organised
+        # cloud as stereo_image_proc's (x y z rgb float32, 16 bytes a point)
+        for k in range(n_pairs):
+            for key, (enc, width, step) in STEREO_LAYOUT.items():
+                m = tester.received[key][k]
+                assert (m.encoding, m.width, m.step, m.height) == (enc, width, step, om.H), key
+                assert m.header.frame_id == 'left_optical'
+            z = imgmsg_to_numpy(tester.received['depth'][k])
+            v, u = np.mgrid[0:om.H, 0:om.W]
+            inner = np.isfinite(z)
+            inner[:4], inner[-4:], inner[:, :4], inner[:, -4:] = False, False, False, False
+            assert inner.mean() > 0.5
+            np.testing.assert_allclose(z[inner], om.depth(u, v)[inner], rtol=2e-3)
+            assert np.isfinite(imgmsg_to_numpy(tester.received['depth_stddev'][k])[inner]).all()
+            cloud = tester.received['points2'][k]
+            assert (cloud.height, cloud.width, cloud.point_step, cloud.is_dense) == \
+                (om.H, om.W, 16, False)
+            assert [(f.name, f.offset, f.datatype) for f in cloud.fields] == \
+                [('x', 0, 7), ('y', 4, 7), ('z', 8, 7), ('rgb', 12, 7)]
         assert tester.received['relative_pose'][0].header.frame_id == 'right_optical'
         assert tester.received['relative_pose_info'][0].frame_id_b == 'right_optical'
     finally:
@@ -127,7 +156,7 @@ def test_sequential_with_runtime_parameters(tester, tmp_path):
         qos = tester.reliable(10)
         pub_img = tester.publisher(Image, '/image', qos)
         pub_info = tester.publisher(CameraInfo, '/camera_info', qos)
-        keys = [k for k in TYPES if k != 'disparity']
+        keys = [k for k in TYPES if k not in STEREO_ONLY]
         subscribe_outputs(tester, keys)
         wait_connected(tester, [pub_img, pub_info], keys)
         n_pairs = 3
@@ -140,9 +169,11 @@ def test_sequential_with_runtime_parameters(tester, tmp_path):
                     'synchronized') == '1' and tester.diag_values(': input').get(
                     'queue_depth') == '0', 20, 'frame 0 taken by the worker')
             else:
-                wait_outputs(tester, keys, k)
+                wait_outputs(tester, keys, k, sequential=True)
         tester.spin_for(1.0)
-        check_outputs(tester, keys, n_pairs, 1, om.SEQ_R, om.SEQ_T)
+        check_outputs(tester, keys, n_pairs, 1, om.SEQ_R, om.SEQ_T, sequential=True)
+        assert tester.received['relative_pose'][0].header.frame_id == 'cam_optical'
+        assert tester.received['relative_pose_info'][0].stamp_b == stamp(0)
 
         nan_before = np.isnan(imgmsg_to_numpy(tester.received['warp'][-1])).mean()
         result = tester.set_parameter('certainty_threshold', 0.6)
@@ -178,7 +209,7 @@ def test_bad_inputs_are_logged_counted_and_survived(tester, tmp_path):
         def broken(k, how):
             left, li, right, ri = om.stereo_inputs(stamp(k))
             if how == 'unsupported_encoding':
-                left.encoding = 'yuv422'
+                left.encoding = 'nv21'
             elif how == 'zero_size':
                 left.height = left.width = left.step = 0
                 left.data = b''
@@ -192,12 +223,18 @@ def test_bad_inputs_are_logged_counted_and_survived(tester, tmp_path):
 
         cases = [(1, None), (2, 'unsupported_encoding'), (3, 'zero_size'),
                  (4, 'size_mismatch'), (5, 'uncalibrated'), (6, 'nan_camera_info'),
-                 (7, None), (5, 'stamp_out_of_order'), (8, None)]
-        for i, (k, how) in enumerate(cases, start=1):
+                 (7, None), (5, 'late_input'), (8, None)]
+        synchronised = 0
+        for k, how in cases:
             for pub, msg in zip(pubs, broken(k, how)):
                 pub.publish(msg)
+            if how == 'late_input':   # older than the last set: the synchroniser drops it
+                tester.spin_until(lambda: tester.diag_values(': input').get(
+                    'bad_input.late_input') == '1', 30, 'the late set dropped')
+                continue
+            synchronised += 1
             tester.spin_until(lambda: tester.diag_values(': input').get('synchronized') ==
-                              str(i), 30, f'case {i} ({how}) synchronised')
+                              str(synchronised), 30, f'case {k} ({how}) synchronised')
         wait_outputs(tester, ['warp'], 8)
         tester.spin_for(1.5)  # one more diagnostics period
         warp_stamps = [m.header.stamp for m in tester.received['warp']]
@@ -207,7 +244,7 @@ def test_bad_inputs_are_logged_counted_and_survived(tester, tmp_path):
         counts = tester.diag_values(': input')
         log = node.output()
         for code in ('unsupported_encoding', 'zero_size', 'size_mismatch', 'uncalibrated',
-                     'nan_camera_info', 'stamp_out_of_order'):
+                     'nan_camera_info', 'late_input'):
             assert counts.get(f'bad_input.{code}') == '1', (code, counts)
             assert log.count(f'bad input [{code}]') == 1, (code, log)
         assert node.proc.poll() is None

@@ -28,6 +28,7 @@ def test_every_parameter_is_described_and_ranged():
     ('device', 'tpu', 'device'),
     ('H_hr', 1000, 'multiple of 16'),
     ('input_qos', 'fast', 'one of'),
+    ('max_stamp_jump', 0.0, 'out of range'),       # 0 would reset the sequence every frame
 ])
 def test_bad_values_are_rejected_with_a_reason(name, value, fragment):
     result = params.validate([Parameter(name, value=value)])
@@ -37,11 +38,25 @@ def test_bad_values_are_rejected_with_a_reason(name, value, fragment):
 
 def test_model_config_mapping():
     cfg = params.model_config(DEFAULTS)
-    assert (cfg.setting, cfg.H_lr, cfg.H_hr, cfg.bidirectional) == ('precise', 800, 1280, True)
+    assert (cfg.setting, cfg.H_lr, cfg.H_hr, cfg.bidirectional) == ('base', 640, None, False)
+    # B -> A only when asked, whatever the preset says (no output uses it)
+    cfg = params.model_config({**DEFAULTS, 'setting': 'precise'})
+    assert (cfg.H_lr, cfg.H_hr, cfg.bidirectional) == (800, 1280, False)
     cfg = params.model_config({**DEFAULTS, 'setting': 'fast', 'H_lr': 384, 'W_lr': 512,
-                               'bidirectional': 'true', 'precision': 'fp16'})
+                               'bidirectional': True, 'precision': 'fp16'})
     assert (cfg.H_lr, cfg.W_lr, cfg.bidirectional, cfg.amp_dtype) == (384, 512, True, 'fp16')
     assert params.model_config({**DEFAULTS, 'H_hr': -1, 'W_hr': -1}).H_hr is None
+
+
+def test_resolutions_the_device_cannot_hold_are_refused():
+    """4096 x 4096 needs ~3 (256 * 256)^2 fp32 values for the coarse match embedding
+    (51 GiB): refused before any model is built, with the reason."""
+    from romav2_core.capacity import coarse_match_bytes
+    assert coarse_match_bytes(4096, 4096) == 3 * (256 * 256) ** 2 * 4
+    with pytest.raises(ValueError, match='coarse match embedding'):
+        params.model_config({**DEFAULTS, 'device': 'cpu', 'H_lr': 4096, 'W_lr': 4096})
+    assert params.model_config({**DEFAULTS, 'device': 'cpu', 'H_lr': 1024,
+                                'W_lr': 1024}).H_lr == 1024
 
 
 def test_precision_mapping(monkeypatch):

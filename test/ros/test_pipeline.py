@@ -6,16 +6,17 @@ from builtin_interfaces.msg import Time
 import oracle_matchers as om
 from oracle_matchers import direction_error_deg, rotation_error_deg
 from romav2_ros.image_conversion import imgmsg_to_numpy, numpy_to_compressed
-from romav2_ros.pipeline import (OUTPUTS, InputError, MatchingPipeline, PipelineConfig)
+from romav2_ros.pipeline import InputError, MatchingPipeline, PipelineConfig, mode_outputs
 
-ALL = set(OUTPUTS)
+ALL = set(mode_outputs('stereo'))
+SEQUENTIAL = set(mode_outputs('sequential'))
 
 
 @pytest.fixture(scope='module')
 def stereo_result():
     pipe = MatchingPipeline(om.stereo(), PipelineConfig())
     inputs = om.stereo_inputs(Time(sec=7, nanosec=5))
-    return inputs, pipe.process_stereo(*inputs, ALL)
+    return inputs, pipe.process(inputs, ALL)
 
 
 def test_stereo_outputs_carry_left_header_and_documented_layout(stereo_result):
@@ -91,13 +92,13 @@ def test_stereo_pose_and_matches(stereo_result):
 def test_wanted_limits_work_and_threshold_applies():
     pipe = MatchingPipeline(om.stereo(), PipelineConfig())
     inputs = om.stereo_inputs(Time(sec=1))
-    res = pipe.process_stereo(*inputs, {'certainty'})
+    res = pipe.process(inputs, {'certainty'})
     assert set(res.messages) == {'certainty'}
-    nan_low = np.isnan(imgmsg_to_numpy(pipe.process_stereo(
-        *om.stereo_inputs(Time(sec=2)), {'warp'}).messages['warp'])).mean()
-    pipe.config.certainty_threshold = 0.6  # the ramp is 0.2 -> 1.0 left to right
-    nan_high = np.isnan(imgmsg_to_numpy(pipe.process_stereo(
-        *om.stereo_inputs(Time(sec=3)), {'warp'}).messages['warp'])).mean()
+    nan_low = np.isnan(imgmsg_to_numpy(pipe.process(
+        om.stereo_inputs(Time(sec=2)), {'warp'}).messages['warp'])).mean()
+    pipe.config = pipe.config.replace(certainty_threshold=0.6)  # the ramp is 0.2 -> 1.0
+    nan_high = np.isnan(imgmsg_to_numpy(pipe.process(
+        om.stereo_inputs(Time(sec=3)), {'warp'}).messages['warp'])).mean()
     assert nan_high > nan_low + 0.4
 
 
@@ -106,13 +107,20 @@ def test_sequential_encodes_each_frame_once_and_recovers_motion():
     pipe = MatchingPipeline(matcher, PipelineConfig(mode='sequential'))
     frames = om.sequence_frames(3)
     info = om.camera_info('cam', Time())
-    results = [pipe.process_sequential(om.image_msg(f, 'cam', Time(sec=1, nanosec=k * 10 ** 8)),
-                                       info, ALL - {'disparity'}) for k, f in enumerate(frames)]
-    assert results[0] is None and all(r is not None for r in results[1:])
+    results = [pipe.process((om.image_msg(f, 'cam', Time(sec=1, nanosec=k * 10 ** 8)), info),
+                            SEQUENTIAL) for k, f in enumerate(frames)]
+    assert not results[0].paired and not results[0].messages
+    assert all(r.paired for r in results[1:])
     assert matcher.encoded == 3
     for k, res in enumerate(results[1:], start=1):
         pose = res.messages['relative_pose']
-        assert pose.header.stamp == Time(sec=1, nanosec=k * 10 ** 8)
+        # the pose of the camera at t in the camera frame at t-1, stamped at t-1: a tf2
+        # consumer looks the frame up at the time it names
+        assert pose.header.stamp == Time(sec=1, nanosec=(k - 1) * 10 ** 8)
+        assert pose.header.frame_id == 'cam'
+        info_msg = res.messages['relative_pose_info']
+        assert info_msg.header.stamp == Time(sec=1, nanosec=k * 10 ** 8)
+        assert info_msg.stamp_b == pose.header.stamp
         assert rotation_error_deg(pose.pose.pose.orientation, om.SEQ_R) < 1.0
         assert direction_error_deg(pose.pose.pose.position, om.SEQ_T) < 1.0
         assert res.messages['matches'].stamp_b == Time(sec=1, nanosec=(k - 1) * 10 ** 8)
@@ -125,18 +133,18 @@ def test_sequential_stamp_order_and_jumps_reset():
     info = om.camera_info('cam', Time())
 
     def run(sec):
-        return pipe.process_sequential(om.image_msg(img, 'cam', Time(sec=sec)), info, {'warp'})
+        return pipe.process((om.image_msg(img, 'cam', Time(sec=sec)), info), {'warp'}).paired
 
-    assert run(10) is None
-    assert run(11) is not None
+    assert not run(10)
+    assert run(11)
     with pytest.raises(InputError) as err:
         run(11)
     assert err.value.code == 'stamp_out_of_order'
-    assert run(12) is None              # restarted after the bad stamp
-    assert run(13) is not None
-    assert run(30) is None              # a gap over max_stamp_jump restarts
-    assert run(2) is None               # a jump back (looped bag) restarts
-    assert run(3) is not None
+    assert not run(12)                  # restarted after the bad stamp
+    assert run(13)
+    assert not run(30)                  # a gap over max_stamp_jump restarts
+    assert not run(2)                   # a jump back (looped bag) restarts
+    assert run(3)
 
 
 def test_intrinsics_follow_image_resize():
@@ -151,7 +159,7 @@ def test_intrinsics_follow_image_resize():
             M[:2, 2] += 0.5     # c' = (c + 0.5) * 2 - 0.5
         info.k, info.p = k2.ravel().tolist(), p2.ravel().tolist()
         info.width, info.height = 2 * om.W, 2 * om.H
-    res = pipe.process_stereo(left, li, right, ri, {'disparity', 'relative_pose'})
+    res = pipe.process((left, li, right, ri), {'disparity', 'relative_pose'})
     assert res.messages['disparity'].f == pytest.approx(om.FOCAL)
     assert res.messages['disparity'].t == pytest.approx(om.BASELINE)
     pose = res.messages['relative_pose'].pose.pose
@@ -163,9 +171,9 @@ def test_compressed_inputs():
     left, li, right, ri = om.stereo_inputs(Time(sec=1))
     comp = [numpy_to_compressed(imgmsg_to_numpy(m), 'rgb8', 'png', m.header)
             for m in (left, right)]
-    raw = pipe.process_stereo(left, li, right, ri, {'warp'}).messages['warp']
-    res = MatchingPipeline(om.stereo(), PipelineConfig()).process_stereo(
-        comp[0], li, comp[1], ri, {'warp'})
+    raw = pipe.process((left, li, right, ri), {'warp'}).messages['warp']
+    res = MatchingPipeline(om.stereo(), PipelineConfig()).process(
+        (comp[0], li, comp[1], ri), {'warp'})
     np.testing.assert_array_equal(imgmsg_to_numpy(res.messages['warp']), imgmsg_to_numpy(raw))
 
 
@@ -173,13 +181,13 @@ def test_uncalibrated_publishes_dense_but_no_pose():
     pipe = MatchingPipeline(om.stereo(), PipelineConfig())
     left, li, right, ri = om.stereo_inputs(Time(sec=1))
     li.k = [0.0] * 9
-    res = pipe.process_stereo(left, li, right, ri, ALL)
+    res = pipe.process((left, li, right, ri), ALL)
     assert 'warp' in res.messages and 'relative_pose' not in res.messages
     assert any(n.startswith('uncalibrated:') for n in res.notes)
 
 
 @pytest.mark.parametrize('breakage,code', [
-    (lambda l, li, r, ri: setattr(l, 'encoding', 'yuv422'), 'unsupported_encoding'),
+    (lambda l, li, r, ri: setattr(l, 'encoding', 'yuv420'), 'unsupported_encoding'),
     (lambda l, li, r, ri: (setattr(l, 'height', 0), setattr(l, 'data', b'')), 'zero_size'),
     (lambda l, li, r, ri: setattr(ri, 'k', [float('nan')] * 9), 'nan_camera_info'),
     (lambda l, li, r, ri: (setattr(r, 'height', om.H // 2),
@@ -192,7 +200,7 @@ def test_bad_stereo_input_raises_with_code(breakage, code):
     inputs = om.stereo_inputs(Time(sec=1))
     breakage(*inputs)
     with pytest.raises(InputError) as err:
-        pipe.process_stereo(*inputs, ALL)
+        pipe.process(inputs, ALL)
     assert err.value.code == code
     # the pipeline keeps working
-    assert 'warp' in pipe.process_stereo(*om.stereo_inputs(Time(sec=2)), ALL).messages
+    assert 'warp' in pipe.process(om.stereo_inputs(Time(sec=2)), ALL).messages

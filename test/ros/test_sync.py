@@ -48,3 +48,27 @@ def test_four_inputs_stereo_order_preserved():
         m.header.frame_id = str(i)
         s.signalMessage(m)
     assert [m.header.frame_id for m in out[0]] == ['0', '1', '2', '3']
+
+
+def test_a_late_set_is_dropped_once_and_never_restarts_a_sequence():
+    """Image and camera_info of t = 1, 2, then a late set at t = 1.5 (both messages), then 3:
+    the late set is dropped (one report, although two messages), every frame after the first
+    is paired with its predecessor, and no stamp_out_of_order reset happens."""
+    import oracle_matchers as om
+    from romav2_ros.pipeline import MatchingPipeline, PipelineConfig
+    for sync_cls, args in ((ExactTimeSynchronizer, (10,)),
+                           (ApproximateTimeSynchronizer, (10, 0.05))):
+        image, info, sets, drops = SimpleFilter(), SimpleFilter(), [], []
+        sync = sync_cls([image, info], *args)
+        sync.registerCallback(lambda *m: sets.append(m))
+        sync.registerDropCallback(lambda reason, m: drops.append(reason))
+        frames = om.sequence_frames(3)
+        for k, (sec, nsec) in enumerate([(1, 0), (2, 0), (1, 500_000_000), (3, 0)]):
+            stamp = Time(sec=sec, nanosec=nsec)
+            image.signalMessage(om.image_msg(frames[min(k, 2)], 'cam', stamp))
+            info.signalMessage(om.camera_info('cam', stamp))
+        assert drops == ['late']
+        assert [m[0].header.stamp.sec for m in sets] == [1, 2, 3]
+        pipe = MatchingPipeline(om.sequential(), PipelineConfig(mode='sequential'))
+        results = [pipe.process(m, {'warp'}) for m in sets]   # raises on stamp_out_of_order
+        assert [r.paired for r in results] == [False, True, True]

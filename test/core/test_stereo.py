@@ -1,0 +1,105 @@
+"""Rectified stereo geometry against independent oracles.
+
+* Middlebury 2014 Motorcycle (scikit-image, 741 x 500): its ground-truth disparity and
+  calibration (``f``, ``doffs``, baseline: the benchmark's ``Z = baseline f / (d + doffs)``).
+* OpenCV: ``cv2.stereoRectify`` for a real rig with rectification rotations, and
+  ``cv2.reprojectImageTo3D`` with its ``Q`` for the points.
+* Monte Carlo for the first-order depth uncertainty.
+"""
+import cv2
+import numpy as np
+import pytest
+from skimage import data
+
+from romav2_core.stereo import RectifiedStereo, baseline_angle_deg, vertical_disparity
+
+# The sample's calibration (scripts/make_sample_data.py: Middlebury's, downsampled x4).
+F, CX, CY, DOFFS, BASELINE = 994.978, 311.193, 254.877, 31.086, 0.193001
+
+
+def motorcycle():
+    left, _, disparity = data.stereo_motorcycle()
+    h, w = left.shape[:2]
+    P_l = np.array([[F, 0, CX, 0], [0, F, CY, 0], [0, 0, 1, 0.0]])
+    P_r = np.array([[F, 0, CX + DOFFS, -F * BASELINE], [0, F, CY, 0], [0, 0, 1, 0.0]])
+    return RectifiedStereo(P_l, P_r, np.eye(3), np.eye(3)), disparity.astype(np.float64), (h, w)
+
+
+def test_disparity_and_depth_follow_the_middlebury_definition():
+    stereo, d_gt, (h, w) = motorcycle()
+    u = np.arange(w)[None, :]
+    warp_x = np.where(np.isfinite(d_gt), u - d_gt, np.nan)      # x_right = x_left - d
+    d = stereo.disparity(warp_x)
+    ok = np.isfinite(d_gt)
+    assert ok.mean() > 0.5
+    # DisparityImage: d = x_l - x_r - (cx_l - cx_r) = d_gt + doffs
+    np.testing.assert_allclose(d[ok], d_gt[ok] + DOFFS, rtol=1e-6)
+    z = stereo.depth(d)
+    z_gt = BASELINE * F / (d_gt[ok] + DOFFS)                    # Middlebury's readme formula
+    np.testing.assert_allclose(z[ok], z_gt, rtol=1e-6)          # float32 rounding
+    assert np.isnan(z[~ok]).all()
+    assert stereo.f == F and stereo.baseline == pytest.approx(BASELINE)
+
+
+def test_points_match_opencv_reprojection_with_unequal_principal_points():
+    stereo, d_gt, (h, w) = motorcycle()
+    u = np.arange(w)[None, :]
+    warp_x = np.where(np.isfinite(d_gt), u - d_gt, np.nan)
+    points = stereo.points(stereo.depth(stereo.disparity(warp_x)))
+    # OpenCV's Q for the raw disparity x_l - x_r (its convention; Tx = -baseline):
+    # W = (-d + (cx_l - cx_r)) / Tx ... written out from the stereoRectify documentation.
+    Tx = -BASELINE
+    Q = np.array([[1, 0, 0, -CX], [0, 1, 0, -CY], [0, 0, 0, F],
+                  [0, 0, -1 / Tx, (CX - (CX + DOFFS)) / Tx]])
+    ref = cv2.reprojectImageTo3D(np.nan_to_num(d_gt, posinf=0).astype(np.float32), Q)
+    ok = np.isfinite(d_gt)
+    np.testing.assert_allclose(points[ok], ref[ok], rtol=1e-4, atol=1e-5)
+    assert np.isnan(points[~ok]).all()
+
+
+def test_points_rotate_into_the_optical_frame():
+    """A real rig (cv2.stereoRectify): rectified points = Z K^-1 [u v 1] in the rectified
+    frame; in the optical frame they are R1^T of that, and they project through the raw K."""
+    K = np.array([[700.0, 0, 330.0], [0, 705.0, 238.0], [0, 0, 1]])
+    R = cv2.Rodrigues(np.array([0.01, -0.025, 0.015]))[0]
+    T = np.array([-0.12, 0.004, 0.002])
+    R1, R2, P1, P2, _, _, _ = cv2.stereoRectify(K, np.zeros(5), K, np.zeros(5), (640, 480),
+                                                R, T, alpha=0)
+    stereo = RectifiedStereo(P1, P2, R1, R2)
+    depth = np.full((480, 640), 3.0, np.float32)
+    points = stereo.points(depth)
+    v, u = 200, 400
+    rect = np.linalg.inv(P1[:, :3]) @ np.array([u, v, 1.0]) * 3.0
+    np.testing.assert_allclose(points[v, u], R1.T @ rect, rtol=1e-5)
+    # the optical-frame point seen by the rectified camera lands back on pixel (u, v)
+    back = P1[:, :3] @ (R1 @ points[v, u].astype(np.float64))
+    np.testing.assert_allclose(back[:2] / back[2], [u, v], atol=1e-3)
+
+
+def test_depth_stddev_is_the_first_order_spread():
+    """sigma_Z = Z^2 / (f T) sigma_d, against the spread of Z over noisy disparities."""
+    P_l = np.array([[500.0, 0, 320, 0], [0, 500, 240, 0], [0, 0, 1, 0]])
+    P_r = P_l.copy()
+    P_r[0, 3] = -500 * 0.1
+    stereo = RectifiedStereo(P_l, P_r, np.eye(3), np.eye(3))
+    d_true, sigma_d = 25.0, 0.2                        # Z = 2 m, small noise (first order)
+    rng = np.random.default_rng(0)
+    z = stereo.depth(np.full((1, 200_000), d_true) + rng.normal(0, sigma_d, (1, 200_000)))
+    predicted = stereo.depth_stddev(np.array([[2.0]], np.float32), np.array([[sigma_d ** 2]]))
+    assert float(predicted[0, 0]) == pytest.approx(2.0 ** 2 / 50.0 * sigma_d)
+    assert float(np.std(z)) == pytest.approx(float(predicted[0, 0]), rel=0.02)
+
+
+def test_vertical_disparity_and_baseline_angle():
+    rng = np.random.default_rng(1)
+    pa = rng.uniform([0, 0], [640, 480], (500, 2))
+    pb = pa + np.array([-20.0, 1.5])
+    h = vertical_disparity(pa, pb)
+    assert h.vertical_median_px == pytest.approx(1.5) and h.num_matches == 500
+    P_l = np.array([[500.0, 0, 320, 0], [0, 500, 240, 0], [0, 0, 1, 0]])
+    P_r = P_l.copy()
+    P_r[0, 3] = -50.0
+    stereo = RectifiedStereo(P_l, P_r, np.eye(3), np.eye(3))
+    np.testing.assert_allclose(stereo.calibrated_translation, [-1, 0, 0])
+    tilted = np.array([-np.cos(np.radians(3)), np.sin(np.radians(3)), 0])
+    assert baseline_angle_deg(tilted, stereo) == pytest.approx(3.0)
