@@ -29,6 +29,7 @@ setup(
     entry_points={
         'console_scripts': [
             'romav2_node = romav2_ros.node:main',
+            'romav2_lifecycle_node = romav2_ros.node:lifecycle_main',
             'romav2-replay = romav2_ros.replay:main',
             'romav2-play = romav2_ros.player:main',
         ],

@@ -30,7 +30,7 @@ CAMERAS_ARGUMENTS = {
 }
 #: Arguments of romav2_node.launch.py that apply to every camera (topics: per entry).
 SHARED_NAMES = ('mode', 'node_name', 'params_file', 'preset', 'use_sim_time', 'rviz',
-                    'log_level', 'setting', 'weights', 'device')
+                'log_level', 'lifecycle', 'setting', 'weights', 'device')
 
 
 def load_sibling(filename: str):
@@ -77,7 +77,7 @@ def launch_setup(context, core):
             parameters={**shared, **(entry.get('parameters') or {})},
             topics=entry.get('topics') or {},
             use_sim_time=core.as_bool(get('use_sim_time')), rviz=core.as_bool(get('rviz')),
-            log_level=get('log_level'))
+            log_level=get('log_level'), lifecycle=core.as_bool(get('lifecycle')))
     return actions
 
 

@@ -62,7 +62,7 @@ def player_action(player: str, bag: str, rate: str):
 def recorder_action(folder: str, namespace: str, node_name: str):
     prefix = '/' + '/'.join(part for part in (namespace.strip('/'), node_name) if part)
     return ExecuteProcess(cmd=['ros2', 'bag', 'record', '-o', folder,
-                               '--regex', f'^({prefix}/[^/]+|/diagnostics)$'],
+                               '--regex', f'^({prefix}/[^/]+|/diagnostics|/tf)$'],
                           name='bag_record', output='screen')
 
 

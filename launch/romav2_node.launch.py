@@ -25,18 +25,22 @@ from launch_ros.actions import Node
 
 PACKAGE = 'romav2_ros'
 EXECUTABLE = 'romav2_node'
+#: ``lifecycle:=true``: the managed node (same code and topics), brought up by itself.
+LIFECYCLE_EXECUTABLE = 'romav2_lifecycle_node'
 
 #: Per mode: launch argument -> (node input topic it remaps, description). The default of each
 #: argument is the node's own name (relative: it resolves inside ``namespace``). Image inputs
 #: are remapped together with their ``/compressed`` topic (``input_transport:=compressed``).
+STEREO_TOPIC_ARGUMENTS = {
+    'left_image': ('left/image_rect', 'rectified left image, image A (sensor_msgs/Image)'),
+    'left_info': ('left/camera_info', 'camera_info of the left image'),
+    'right_image': ('right/image_rect', 'rectified right image, image B; same size as left'),
+    'right_info': ('right/camera_info', 'camera_info of the right image (P gives the '
+                                        'disparity\'s f and baseline)'),
+}
 TOPIC_ARGUMENTS = {
-    'stereo': {
-        'left_image': ('left/image_rect', 'rectified left image, image A (sensor_msgs/Image)'),
-        'left_info': ('left/camera_info', 'camera_info of the left image'),
-        'right_image': ('right/image_rect', 'rectified right image, image B; same size as left'),
-        'right_info': ('right/camera_info', 'camera_info of the right image (P gives the '
-                                            'disparity\'s f and baseline)'),
-    },
+    'stereo': STEREO_TOPIC_ARGUMENTS,
+    'stereo_odometry': STEREO_TOPIC_ARGUMENTS,
     'sequential': {
         'image': ('image', 'the camera stream; frame t is matched to frame t-1 (set '
                            'rectified: false in the params file for image_raw)'),
@@ -71,8 +75,12 @@ COMMON_ARGUMENTS = {
     'rviz': ('false', 'true: also open rviz2 with the shipped rviz/romav2.rviz, its topics '
                       'rewritten to this node\'s namespace and name'),
     'log_level': ('info', 'node log level: debug, info, warn, error, fatal'),
+    'lifecycle': ('false', 'true: run the managed node (romav2_lifecycle_node, the Nav2 / '
+                           'Isaac ROS convention) and let it configure and activate itself '
+                           '(autostart); false: the plain node'),
 }
-MODE_ARGUMENT = ('stereo', 'stereo (left -> right) or sequential (frame t -> t-1)')
+MODE_ARGUMENT = ('stereo', 'stereo (left -> right), sequential (frame t -> t-1) or '
+                           'stereo_odometry (metric odometry of the left camera)')
 
 
 def share_file(*parts: str) -> str:
@@ -140,14 +148,18 @@ def rviz_config(namespace: str, node_name: str) -> str:
 
 def node_actions(*, mode: str, namespace: str = '', node_name: str = EXECUTABLE,
                  params_file: str = '', preset: str = '', parameters=None, topics=None,
-                 use_sim_time: bool = False, rviz: bool = False, log_level: str = 'info'):
+                 use_sim_time: bool = False, rviz: bool = False, log_level: str = 'info',
+                 lifecycle: bool = False):
     """The node (and rviz2 when asked) for one camera or stereo pair."""
     if mode not in TOPIC_ARGUMENTS:
-        raise ValueError(f'mode={mode!r}: stereo or sequential')
+        raise ValueError(f'mode={mode!r}: one of {", ".join(TOPIC_ARGUMENTS)}')
     files = [config_file(params_file or mode)] + ([config_file(preset)] if preset else [])
     overrides = {k: v for k, v in (parameters or {}).items() if v != ''}
+    if lifecycle:
+        overrides['autostart'] = True
+    executable = LIFECYCLE_EXECUTABLE if lifecycle else EXECUTABLE
     actions = [Node(
-        package=PACKAGE, executable=EXECUTABLE, name=node_name, namespace=namespace,
+        package=PACKAGE, executable=executable, name=node_name, namespace=namespace,
         parameters=[*files, {'mode': mode, 'use_sim_time': use_sim_time}, overrides],
         remappings=remappings(mode, topics or {}),
         ros_arguments=['--log-level', log_level],
@@ -166,14 +178,14 @@ def launch_setup(context, mode=None):
         return LaunchConfiguration(name).perform(context)
     mode = mode or get('mode')
     if mode not in TOPIC_ARGUMENTS:
-        raise ValueError(f'mode:={mode}: stereo or sequential')
+        raise ValueError(f'mode:={mode}: one of {", ".join(TOPIC_ARGUMENTS)}')
     return node_actions(
         mode=mode, namespace=get('namespace'), node_name=get('node_name'),
         params_file=get('params_file'), preset=get('preset'),
         parameters={name: get(name) for name in PARAMETER_ARGUMENTS},
         topics={name: get(name) for name in TOPIC_ARGUMENTS[mode]},
         use_sim_time=as_bool(get('use_sim_time')), rviz=as_bool(get('rviz')),
-        log_level=get('log_level'))
+        log_level=get('log_level'), lifecycle=as_bool(get('lifecycle')))
 
 
 def describe(mode=None, overrides=None) -> LaunchDescription:

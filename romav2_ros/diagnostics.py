@@ -152,7 +152,8 @@ class Diagnostics:
                                level=DiagnosticStatus.OK, message='receiving')
         inp.values = kv({f'{k}_rate_hz': f'{rates.get(k, 0.0):.2f}'
                          for k in ('received', 'synchronized')})
-        inp.values += kv({k: counts.get(k, 0) for k in ('received', 'synchronized', 'dropped')})
+        inp.values += kv({k: counts.get(k, 0) for k in ('received', 'synchronized', 'dropped',
+                                                        'ignored_inactive')})
         inp.values += kv(gauges) + kv({f'bad_input.{k}': v for k, v in errors.items()})
         if idle > NO_INPUT_WARN_S:
             inp.level = DiagnosticStatus.WARN

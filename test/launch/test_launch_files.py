@@ -21,13 +21,13 @@ import yaml
 
 from romav2_ros import params
 from romav2_ros.node import INPUT_TOPICS
-from romav2_ros.pipeline import OUTPUTS
+from romav2_ros.pipeline import OUTPUTS, mode_outputs
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = 'romav2_ros'
 LAUNCH_FILES = sorted((ROOT / 'launch').glob('*.launch.py'))
-REQUIRED = ('stereo.launch.py', 'sequential.launch.py', 'replay.launch.py',
-            'multi_camera.launch.py')
+REQUIRED = ('stereo.launch.py', 'sequential.launch.py', 'stereo_odometry.launch.py',
+            'replay.launch.py', 'multi_camera.launch.py')
 CORE = 'romav2_node.launch.py'
 BUILTIN_PARAMETERS = {'use_sim_time'}
 
@@ -36,7 +36,7 @@ def node_topics(mode: str) -> set[str]:
     """Names the node uses in ``mode``, as written in node.py (relative or ``~/``)."""
     inputs = set(INPUT_TOPICS[mode])
     inputs |= {t + '/compressed' for t in INPUT_TOPICS[mode] if not t.endswith('camera_info')}
-    outputs = {'~/' + key for key in OUTPUTS if mode == 'stereo' or key != 'disparity'}
+    outputs = {'~/' + key for key in mode_outputs(mode)}
     return inputs | outputs
 
 
@@ -54,6 +54,20 @@ def installed_files() -> dict[str, str]:
     return {src: dest for dest, sources in data_files for src in sources}
 
 
+def _table(node: ast.AST, tables: dict):
+    """A module-level literal table; names of earlier tables may appear inside it."""
+    if isinstance(node, ast.Name):
+        if node.id not in tables:
+            raise ValueError(node.id)
+        return tables[node.id]
+    if isinstance(node, ast.Dict):
+        return {_table(k, tables): _table(v, tables) for k, v in zip(node.keys, node.values)}
+    if isinstance(node, (ast.Tuple, ast.List)):
+        items = [_table(e, tables) for e in node.elts]
+        return tuple(items) if isinstance(node, ast.Tuple) else items
+    return ast.literal_eval(node)
+
+
 class LaunchFile:
     def __init__(self, path: Path):
         self.path = path
@@ -64,7 +78,7 @@ class LaunchFile:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and \
                     isinstance(node.targets[0], ast.Name):
                 try:
-                    self.tables[node.targets[0].id] = ast.literal_eval(node.value)
+                    self.tables[node.targets[0].id] = _table(node.value, self.tables)
                 except ValueError:
                     pass
 
@@ -90,7 +104,8 @@ class LaunchFile:
         for call in self.calls('Node'):
             package = self.keyword(call, 'package')
             executable = self.keyword(call, 'executable')
-            if getattr(executable, 'id', None) == 'EXECUTABLE' or \
+            # EXECUTABLE, or the variable choosing it or LIFECYCLE_EXECUTABLE (lifecycle:=true)
+            if getattr(executable, 'id', None) in ('EXECUTABLE', 'executable') or \
                     getattr(executable, 'value', None) == 'romav2_node':
                 assert getattr(package, 'id', None) == 'PACKAGE' or \
                     getattr(package, 'value', None) == PACKAGE
@@ -140,8 +155,12 @@ def test_every_launch_argument_has_a_description(files):
 def test_the_knobs_of_the_issue_are_launch_arguments(core, files):
     declared = set(core.tables['COMMON_ARGUMENTS']) | set(core.tables['PARAMETER_ARGUMENTS'])
     for knob in ('namespace', 'setting', 'weights', 'device', 'params_file', 'use_sim_time',
-                 'rviz'):
+                 'rviz', 'lifecycle'):
         assert knob in declared, knob
+    # lifecycle:=true runs the managed executable, which brings itself up (autostart)
+    assert core.tables['LIFECYCLE_EXECUTABLE'] == 'romav2_lifecycle_node'
+    assert "overrides['autostart'] = True" in core.text
+    assert 'autostart' in params.BY_NAME
     assert set(files['replay.launch.py'].tables['REPLAY_ARGUMENTS']) >= {'bag', 'record'}
     assert set(files['multi_camera.launch.py'].tables['CAMERAS_ARGUMENTS']) == \
         {'cameras', 'cameras_file'}
@@ -172,7 +191,7 @@ def test_remapped_topics_are_node_topics(files, core):
         for arg in core.tables['IMAGE_ARGUMENTS']:
             if arg in rows:
                 assert rows[arg][0] + '/compressed' in node_topics(mode)
-    every_topic = node_topics('stereo') | node_topics('sequential')
+    every_topic = set().union(*(node_topics(mode) for mode in INPUT_TOPICS))
     for name, launch_file in files.items():
         for call in launch_file.node_calls():
             value = launch_file.keyword(call, 'remappings')

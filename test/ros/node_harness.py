@@ -40,10 +40,10 @@ def node_env() -> dict:
 
 
 class NodeProcess:
-    """``romav2_node --ros-args -p k:=v ...`` with its output in ``log``."""
+    """``<executable> --ros-args -p k:=v ...`` with its output in ``log``."""
 
-    def __init__(self, params: dict, log: Path):
-        exe = shutil.which(NODE, path=str(Path(sys.executable).parent)) or NODE
+    def __init__(self, params: dict, log: Path, executable: str = 'romav2_node'):
+        exe = shutil.which(executable, path=str(Path(sys.executable).parent)) or executable
         args = [sys.executable, exe, '--ros-args']
         for k, v in params.items():
             args += ['-p', f'{k}:={str(v).lower() if isinstance(v, bool) else v}']
@@ -129,3 +129,49 @@ class Tester:
     def close(self):
         self.node.destroy_node()
         rclpy.try_shutdown()
+
+
+class LifecycleClient:
+    """``get_state`` / ``change_state`` / ``get_available_transitions`` of a managed node,
+    called as a lifecycle manager does (from another process)."""
+
+    def __init__(self, tester: Tester, node: str = f'/{NODE}'):
+        from lifecycle_msgs.srv import ChangeState, GetAvailableTransitions, GetState
+        self.tester = tester
+        self.clients = {name: tester.node.create_client(srv, f'{node}/{name}') for name, srv in
+                        (('get_state', GetState), ('change_state', ChangeState),
+                         ('get_available_transitions', GetAvailableTransitions))}
+        tester.spin_until(lambda: all(c.service_is_ready() for c in self.clients.values()),
+                          60, 'the lifecycle services')
+
+    def _call(self, name, request, timeout=120):
+        future = self.clients[name].call_async(request)
+        self.tester.spin_until(future.done, timeout, name)
+        return future.result()
+
+    def state(self) -> str:
+        from lifecycle_msgs.srv import GetState
+        return self._call('get_state', GetState.Request()).current_state.label
+
+    def transitions(self) -> set:
+        from lifecycle_msgs.srv import GetAvailableTransitions
+        reply = self._call('get_available_transitions', GetAvailableTransitions.Request())
+        return {t.transition.label for t in reply.available_transitions}
+
+    def change(self, label: str) -> bool:
+        """Trigger the transition named ``label`` (configure, activate, ...); its success."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+        ids = {'configure': Transition.TRANSITION_CONFIGURE,
+               'activate': Transition.TRANSITION_ACTIVATE,
+               'deactivate': Transition.TRANSITION_DEACTIVATE,
+               'cleanup': Transition.TRANSITION_CLEANUP,
+               'shutdown': {'unconfigured': Transition.TRANSITION_UNCONFIGURED_SHUTDOWN,
+                            'inactive': Transition.TRANSITION_INACTIVE_SHUTDOWN,
+                            'active': Transition.TRANSITION_ACTIVE_SHUTDOWN}}
+        transition = ids[label]
+        if isinstance(transition, dict):
+            transition = transition[self.state()]
+        request = ChangeState.Request()
+        request.transition.id = transition
+        return self._call('change_state', request).success
