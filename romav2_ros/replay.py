@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from romav2_ros import bag_io
+from romav2_ros import bag_io, messages
 
 #: Image type of each ``input_transport`` (node parameter).
 IMAGE_TYPES = {'raw': 'sensor_msgs/msg/Image', 'compressed': 'sensor_msgs/msg/CompressedImage'}
@@ -101,6 +101,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help='copy the input topics into the output bag too')
     parser.add_argument('--storage', choices=tuple(bag_io.STORAGE_PLUGINS), default='mcap')
     parser.add_argument('--limit', type=int, metavar='N', help='stop after N processed pairs')
+    parser.add_argument('--trajectory', type=Path, metavar='PATH',
+                        help='stereo_odometry: write the odometry as a TUM trajectory file '
+                             '(timestamp tx ty tz qx qy qz qw) at PATH and a top-view plot '
+                             'at PATH with the suffix .png')
     parser.add_argument('--batch', type=int, default=1, metavar='N',
                         help=f'sets run through the model at once (1-{MAX_BATCH}; stereo: '
                              f'independent pairs, sequential: consecutive frames, each '
@@ -134,6 +138,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f'outputs {other_mode} are not published in mode {args.mode}')
     if not 1 <= args.batch <= MAX_BATCH:
         parser.error(f'--batch must be in 1..{MAX_BATCH}')
+    if args.trajectory is not None and 'odometry' not in args.outputs:
+        parser.error('--trajectory needs --mode stereo_odometry and the odometry output')
     if args.topics is not None and len(args.topics) != len(ROLES[args.mode]):
         parser.error(f'--topics for {args.mode}: {" ".join(r.upper() for r in ROLES[args.mode])}')
     if args.limit is not None and args.limit < 1:
@@ -326,6 +332,7 @@ class _Run:
         self.wanted = {k for k in args.outputs if args.values[f'publish_{k}']}
         self.summary = Summary()
         self._pending: list[tuple] = []     # (msgs, log_ns) waiting for a full batch
+        self.trajectory: list[tuple] = []   # (stamp s, position, quaternion) of the odometry
 
     def handle(self, msgs: tuple, log_ns: int) -> None:
         """Queue one synchronised set; a full batch (or what ``--limit`` still allows) is
@@ -360,9 +367,26 @@ class _Run:
             with bag_io.signals_deferred():  # a frame's outputs are written all or none
                 for key, msg in out.messages.items():
                     self.writer.write(f'/{self.args.node_name}/{key}', msg, log_ns)
+            odometry = out.messages.get('odometry')
+            if odometry is not None:
+                pose = odometry.pose.pose
+                self.trajectory.append((messages.stamp_ns(odometry.header.stamp) * 1e-9,
+                                        [pose.position.x, pose.position.y, pose.position.z],
+                                        [pose.orientation.x, pose.orientation.y,
+                                         pose.orientation.z, pose.orientation.w]))
             summary.processed += 1
             summary.add_timings(out.timings)
         self.progress.update(summary.sets, summary.processed)
+
+
+def write_trajectory(path: Path, rows: list) -> None:
+    """The odometry as a TUM file at ``path`` and a top view at ``path.png``."""
+    from romav2_core import trajectory
+    stamps, positions, quaternions = (list(c) for c in zip(*rows)) if rows else ([], [], [])
+    trajectory.write_tum(path, stamps, positions, quaternions)
+    if rows:
+        trajectory.plot_top_view(path.with_suffix('.png'), {'romav2 stereo odometry': positions})
+    print(f'romav2-replay: trajectory of {len(rows)} poses in {path}', file=sys.stderr)
 
 
 def replay(args, matcher=None) -> int:
@@ -422,6 +446,8 @@ def replay(args, matcher=None) -> int:
                 status, error = 'stopped by an input error', exc
         if pairer.late:
             run.summary.dropped['late_input'] += pairer.late
+        if args.trajectory is not None:
+            write_trajectory(args.trajectory, run.trajectory)
         run.progress.update(run.summary.sets, run.summary.processed, final=True)
         for line in run.summary.lines(time.monotonic() - started, status, writer.counts):
             print(line, file=sys.stderr)

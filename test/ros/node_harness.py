@@ -29,6 +29,19 @@ def profile_env() -> dict:
             'FASTDDS_DEFAULT_PROFILES_FILE': str(PROFILE)}
 
 
+#: Variables that hold search paths: extra values are prepended, not replacing them.
+PATH_VARIABLES = ('PYTHONPATH', 'LD_LIBRARY_PATH', 'AMENT_PREFIX_PATH')
+
+
+def with_env(env: dict, extra: dict | None) -> dict:
+    """``env`` with ``extra`` set, search paths prepended."""
+    out = dict(env)
+    for key, value in (extra or {}).items():
+        out[key] = os.pathsep.join(filter(None, [value, env.get(key)])) \
+            if key in PATH_VARIABLES else value
+    return out
+
+
 def node_env() -> dict:
     env = dict(os.environ)  # keep the ROS wheels' bootstrap variables together
     here = Path(__file__).parent     # oracle_matchers, and test/ for matcher_doubles
@@ -42,14 +55,15 @@ def node_env() -> dict:
 class NodeProcess:
     """``<executable> --ros-args -p k:=v ...`` with its output in ``log``."""
 
-    def __init__(self, params: dict, log: Path, executable: str = 'romav2_node'):
+    def __init__(self, params: dict, log: Path, executable: str = 'romav2_node',
+                 env: dict | None = None):
         exe = shutil.which(executable, path=str(Path(sys.executable).parent)) or executable
         args = [sys.executable, exe, '--ros-args']
         for k, v in params.items():
             args += ['-p', f'{k}:={str(v).lower() if isinstance(v, bool) else v}']
         self.log = log
         self._out = open(log, 'w')
-        self.proc = subprocess.Popen(args, env=node_env(), stdout=self._out,
+        self.proc = subprocess.Popen(args, env=with_env(node_env(), env), stdout=self._out,
                                      stderr=subprocess.STDOUT)
 
     def output(self) -> str:

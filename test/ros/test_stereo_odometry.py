@@ -146,7 +146,8 @@ def test_replay_with_batches_gives_the_same_odometry(tmp_path):
     for batch in (1, 4):
         out = tmp_path / f'out{batch}'
         args = replay.parse_args([str(bag), str(out), '--mode', 'stereo_odometry',
-                                  '--outputs', 'odometry', '--batch', str(batch)])
+                                  '--outputs', 'odometry', '--batch', str(batch),
+                                  '--trajectory', str(tmp_path / f'traj{batch}.txt')])
         assert replay.replay(args, matcher=om.TrajectoryOracle(scene)) == 0
         with bag_io.open_reader(out) as reader:
             got = [bag_io.deserialize(raw, c.msgtype)
@@ -158,6 +159,15 @@ def test_replay_with_batches_gives_the_same_odometry(tmp_path):
                                        atol=1e-9)
             np.testing.assert_allclose(g.pose.covariance, w.pose.covariance, rtol=1e-9,
                                        atol=1e-15)
+        # the TUM file: 'timestamp tx ty tz qx qy qz qw', one line per odometry message
+        rows = np.loadtxt(tmp_path / f'traj{batch}.txt', comments='#')
+        assert rows.shape == (scene.frames - 1, 8)
+        for row, w in zip(rows, want[1:]):
+            p, q = w.pose.pose.position, w.pose.pose.orientation
+            assert row[0] == pytest.approx(w.header.stamp.sec + w.header.stamp.nanosec * 1e-9)
+            np.testing.assert_allclose(row[1:], [p.x, p.y, p.z, q.x, q.y, q.z, q.w], atol=1e-8)
+        picture = cv2.imread(str(tmp_path / f'traj{batch}.png'))
+        assert picture.shape == (640, 640, 3) and (picture < 250).any()
 
 
 def bag_io_stamp(msg) -> int:
