@@ -72,7 +72,7 @@ def upsample(warp: Tensor, overlap: Tensor, covariance: Tensor, hw_a: tuple[int,
     covariances are interpolated entry-wise (a convex mix of PSD matrices stays PSD). Within
     half a grid cell of A's border the values are held (no extrapolation).
     """
-    stack = _packed(warp, overlap, covariance, hw_b)
+    stack = _packed(warp, overlap, covariance, hw_b).contiguous()   # the fast NCHW kernel
     up = F.interpolate(stack[None], size=hw_a, mode='bilinear', align_corners=False)[0]
     host = up.permute(1, 2, 0).contiguous().cpu().numpy()      # the one device->host copy
     warp_px, certainty, cov = host[..., :2], host[..., 2], host[..., 3:]

@@ -85,9 +85,12 @@ class RectifiedStereo:
         """``[H x W x 3]`` (x, y, z) m in the left optical frame; NaN where depth is NaN."""
         h, w = depth.shape
         P = self.P_left
-        v, u = np.mgrid[0:h, 0:w].astype(np.float64)
         z = depth.astype(np.float64)
-        rect = np.stack([(u - P[0, 2]) * z / P[0, 0], (v - P[1, 2]) * z / P[1, 1], z], axis=-1)
+        x = (np.arange(w) - P[0, 2])[None, :] / P[0, 0] * z
+        y = (np.arange(h) - P[1, 2])[:, None] / P[1, 1] * z
+        rect = np.stack([x, y, z], axis=-1)
+        if np.array_equal(self.R_left, np.eye(3)):
+            return rect.astype(np.float32)
         return (rect @ self.R_left).astype(np.float32)   # row-vector form of R_left^T p
 
 
