@@ -33,7 +33,8 @@ class Param:
 
 
 PARAMS: tuple[Param, ...] = (
-    Param('mode', 'stereo', 'stereo: match left -> right; sequential: frame t -> t-1',
+    Param('mode', 'stereo', 'stereo: left -> right; sequential: frame t -> t-1; '
+                            'stereo_odometry: both, metric odometry',
           choices=MODES),
     # --- model (RoMaV2Config fields, same names)
     Param('setting', 'base', 'RoMa v2 preset (resolution and refinement; see the README\'s '

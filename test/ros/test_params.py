@@ -84,3 +84,14 @@ def test_qos_profiles():
     from rclpy.qos import ReliabilityPolicy
     assert params.qos_profile('sensor_data', 5).reliability == ReliabilityPolicy.BEST_EFFORT
     assert params.qos_profile('reliable', 3).depth == 3
+
+
+def test_the_readme_parameter_table_is_the_declared_one():
+    """README.md shows ``python -m romav2_ros.param_table``'s output: it cannot drift from
+    the parameters the node declares."""
+    from pathlib import Path
+
+    from romav2_ros import param_table
+    readme = (Path(__file__).resolve().parents[2] / 'README.md').read_text()
+    assert param_table.table() in readme
+    assert param_table.table(params.LIFECYCLE_PARAMS) in readme
