@@ -103,3 +103,19 @@ def test_vertical_disparity_and_baseline_angle():
     np.testing.assert_allclose(stereo.calibrated_translation, [-1, 0, 0])
     tilted = np.array([-np.cos(np.radians(3)), np.sin(np.radians(3)), 0])
     assert baseline_angle_deg(tilted, stereo) == pytest.approx(3.0)
+
+
+def test_points_project_back_through_an_anisotropic_camera():
+    """fx != fy (non-square pixels, a binned axis): every point projects through P_left back
+    onto the pixel it came from, at its depth."""
+    P_l = np.array([[520.0, 0, 330.5, 0], [0, 455.0, 228.0, 0], [0, 0, 1, 0]])
+    P_r = P_l.copy()
+    P_r[0, 3] = -520.0 * 0.1
+    stereo = RectifiedStereo(P_l, P_r, np.eye(3), np.eye(3))
+    rng = np.random.default_rng(4)
+    depth = rng.uniform(1.0, 9.0, (48, 64)).astype(np.float32)
+    pts = stereo.points(depth).reshape(-1, 3).astype(np.float64)
+    h = np.c_[pts, np.ones(len(pts))] @ P_l.T
+    v, u = np.mgrid[0:48, 0:64]
+    np.testing.assert_allclose(h[:, :2] / h[:, 2:], np.c_[u.ravel(), v.ravel()], atol=1e-3)
+    np.testing.assert_allclose(pts[:, 2], depth.ravel(), rtol=1e-6)
