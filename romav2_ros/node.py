@@ -76,7 +76,7 @@ class LatestQueue:
 
 def _output_type(key: str):
     from geometry_msgs.msg import PoseWithCovarianceStamped
-    from romav2_interfaces.msg import RelativePose, SampledMatches
+    from romav2_ros.msg import RelativePose, SampledMatches
     from sensor_msgs.msg import Image
     from stereo_msgs.msg import DisparityImage
     return {'disparity': DisparityImage, 'matches': SampledMatches,

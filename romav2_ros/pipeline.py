@@ -16,10 +16,10 @@ Outputs (keys = the node's topic names under ``~/``), all with A's header unless
                        NaN where ``warp`` is NaN or the model gives none
 ``disparity``          stereo_msgs/DisparityImage (stereo only): ``x_A - x_B`` px, ``f`` and
                        ``T = -P[3] / P[0]`` from the right camera_info (scaled to the image)
-``matches``            romav2_interfaces/SampledMatches (certainty-weighted, spatially balanced)
+``matches``            romav2_ros/SampledMatches (certainty-weighted, spatially balanced)
 ``relative_pose``      PoseWithCovarianceStamped: pose of A's camera in B's optical frame;
                        stamp = A's stamp, ``frame_id`` = B's frame_id (the frame it is in)
-``relative_pose_info`` romav2_interfaces/RelativePose (both stamps, inlier counts)
+``relative_pose_info`` romav2_ros/RelativePose (both stamps, inlier counts)
 ``matches_viz`` ...    Image rgb8: ``matches_viz``, ``warp_viz``, ``covariance_viz``
 =====================  =========================================================================
 
@@ -351,7 +351,7 @@ class MatchingPipeline:
 
     @staticmethod
     def _matches_msg(s, a: _Frame, b: _Frame):
-        from romav2_interfaces.msg import SampledMatches
+        from romav2_ros.msg import SampledMatches
         n = len(s['certainty'])
         return SampledMatches(
             header=a.header, stamp_b=b.header.stamp, frame_id_b=b.header.frame_id,
@@ -376,7 +376,7 @@ class MatchingPipeline:
             return
         from geometry_msgs.msg import Point, PoseWithCovariance, PoseWithCovarianceStamped, \
             Quaternion
-        from romav2_interfaces.msg import RelativePose
+        from romav2_ros.msg import RelativePose
         from std_msgs.msg import Header
         q = est.quaternion_xyzw
         pose = PoseWithCovariance()
