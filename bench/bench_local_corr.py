@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO))  # after an installed romav2_ros (a colcon install space)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -59,7 +59,7 @@ def materialise(f_A, f_B, warp, radius):
 
 def make_impls():
     from romav2_core.local_correlation import local_correlation
-    import cuda_ext
+    import romav2_cuda_ext as cuda_ext
 
     impls = {
         'torch_kloop': lambda a, b, w, r: local_correlation(a, b, w, r, impl='torch'),

@@ -99,7 +99,7 @@ def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
     from stereo_msgs.msg import DisparityImage
     import rclpy
     from node_harness import NodeProcess, Tester
-    from romav2_interfaces.msg import RelativePose, SampledMatches
+    from romav2_ros.msg import RelativePose, SampledMatches
     types = {'warp': Image, 'certainty': Image, 'covariance': Image,
              'disparity': DisparityImage, 'matches': SampledMatches,
              'relative_pose': PoseWithCovarianceStamped, 'relative_pose_info': RelativePose}

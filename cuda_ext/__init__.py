@@ -13,7 +13,9 @@ call of :func:`is_available` (or :func:`local_correlation`) resolves the extensi
 
 1. ``torch.cuda.is_available()`` must be True;
 2. a library built at install time is loaded if there is one (``ROMAV2_CUDA_EXT_LIB``, or a
-   ``_romav2_local_corr*.so`` next to this file);
+   ``_romav2_local_corr*.so`` next to this file, which setup.py's build puts there with a
+   ``_romav2_local_corr.json`` naming its torch and architectures: a library built for another
+   torch or for none of this GPU's architectures is skipped, with the reason);
 3. otherwise the sources are compiled with ``torch.utils.cpp_extension.load`` (JIT, needs nvcc
    and ninja) into ``$ROMAV2_CUDA_EXT_DIR`` (default ``~/.cache/romav2_ros/cuda_ext``), in a
    sub-folder per torch / CUDA version and GPU architecture; later runs reuse that build.
@@ -22,6 +24,7 @@ call of :func:`is_available` (or :func:`local_correlation`) resolves the extensi
 the ``romav2_core`` logger says which path is active or why the kernel is unavailable.
 """
 import glob
+import json
 import logging
 import os
 import threading
@@ -31,6 +34,7 @@ __all__ = ['is_available', 'load_error', 'local_correlation', 'active_path', 'bu
 _LOG = logging.getLogger('romav2_core')
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _SOURCES = ('local_corr.cpp', 'local_corr.cu')
+_BUILD_INFO = '_romav2_local_corr.json'  # written by setup.py's install-time build
 _OP_NAMESPACE = 'romav2_cuda_ext'
 _OP_NAME = 'local_correlation'
 
@@ -70,6 +74,43 @@ def _prebuilt_candidates():
     return sorted(glob.glob(os.path.join(_HERE, '_romav2_local_corr*.so')))
 
 
+def arch_fits(arch_list, capability):
+    """Whether code built for ``arch_list`` (TORCH_CUDA_ARCH_LIST syntax, e.g. '8.0;8.6+PTX')
+    runs on a GPU of compute ``capability`` (major, minor): a cubin for X.y runs on X.z, z >= y
+    (an arch-specific X.ya only on X.y), and PTX for X.y on any later GPU."""
+    for entry in arch_list.replace(',', ';').replace(' ', ';').split(';'):
+        if not entry:
+            continue
+        ptx = entry.endswith('+PTX')
+        name = entry[:-4] if ptx else entry
+        specific = name.endswith('a')
+        major, minor = (int(part) for part in name.rstrip('a').split('.'))
+        if ptx and capability >= (major, minor):
+            return True
+        if capability[0] == major and (capability[1] == minor or
+                                       (not specific and capability[1] > minor)):
+            return True
+    return False
+
+
+def _prebuilt_mismatch(lib, torch):
+    """Why the install-time build ``lib`` does not fit this process, or None (None as well
+    when it has no build info, e.g. a library copied by hand)."""
+    info_file = os.path.join(os.path.dirname(lib), _BUILD_INFO)
+    if not os.path.isfile(info_file):
+        return None
+    with open(info_file) as f:
+        info = json.load(f)
+    if info.get('torch') != torch.__version__:
+        return 'prebuilt {} was built for torch {}, this is torch {}'.format(
+            lib, info.get('torch'), torch.__version__)
+    capability = torch.cuda.get_device_capability()
+    if not arch_fits(info.get('arch_list', ''), capability):
+        return 'prebuilt {} was built for TORCH_CUDA_ARCH_LIST={}, this GPU is sm_{}{}'.format(
+            lib, info.get('arch_list'), *capability)
+    return None
+
+
 def _resolve():
     """Find or build the extension; returns (path, error), exactly one of them None."""
     if os.environ.get('ROMAV2_CUDA_EXT_DISABLE', '') not in ('', '0'):
@@ -86,6 +127,10 @@ def _resolve():
         return 'already registered in this process', None
     errors = []
     for lib in _prebuilt_candidates():
+        mismatch = _prebuilt_mismatch(lib, torch)
+        if mismatch:
+            errors.append(mismatch)
+            continue
         try:
             torch.ops.load_library(lib)
         except (OSError, RuntimeError) as exc:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after an installed romav2_ros (a colcon install space)
 sys.path.insert(0, str(ROOT / 'eval'))
 import datasets  # noqa: E402
 import metrics  # noqa: E402

@@ -93,7 +93,7 @@ def local_correlation(f_A: Tensor, f_B: Tensor, warp: Tensor, radius: int,
         raise ValueError(f'warp must be [B x H x W x 2] = [{B} x {H} x {W} x 2], '
                          f'got {tuple(warp.shape)}')
     if resolve_impl(impl, f_A.device) == 'cuda':
-        import cuda_ext  # lazy: building/loading the kernel is only worth it on CUDA
+        import romav2_cuda_ext as cuda_ext  # lazy: loading the kernel is only worth it on CUDA
         return cuda_ext.local_correlation(f_A, f_B, warp, radius).permute(0, 3, 1, 2)
     return _torch_local_correlation(f_A, f_B, warp, radius)
 
@@ -121,7 +121,7 @@ def _torch_local_correlation(f_A: Tensor, f_B: Tensor, warp: Tensor, radius: int
 def _cuda_ext_unavailable_reason() -> str | None:
     """None when ``cuda_ext`` can run, else a short reason (import or load error)."""
     try:
-        import cuda_ext
+        import romav2_cuda_ext as cuda_ext
     except ImportError as exc:
         return f'import cuda_ext failed: {exc}'
     if cuda_ext.is_available():

@@ -22,7 +22,7 @@ from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_
 from rosbags.typesys.store import Typestore
 
 #: Package that owns the custom messages (msg/*.msg at the repository root).
-INTERFACES_PACKAGE = 'romav2_interfaces'
+INTERFACES_PACKAGE = 'romav2_ros'
 
 STORAGE_PLUGINS = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
 
@@ -44,7 +44,7 @@ def _msg_dirs() -> list[Path]:
 
 
 def custom_message_types() -> dict:
-    """Field definitions of ``romav2_interfaces/msg/*`` parsed from the first msg folder found."""
+    """Field definitions of ``romav2_ros/msg/*`` parsed from the first msg folder found."""
     for folder in _msg_dirs():
         files = sorted(folder.glob('*.msg'))
         if files:

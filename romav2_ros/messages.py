@@ -13,7 +13,7 @@ from builtin_interfaces.msg import Time
 from geometry_msgs.msg import (Point, PoseWithCovariance, PoseWithCovarianceStamped,
                                Quaternion, TransformStamped, TwistWithCovariance, Vector3)
 from nav_msgs.msg import Odometry
-from romav2_interfaces.msg import RelativePose, SampledMatches
+from romav2_ros.msg import RelativePose, SampledMatches
 from sensor_msgs.msg import Image, PointCloud2, PointField, RegionOfInterest
 from std_msgs.msg import Header
 from stereo_msgs.msg import DisparityImage

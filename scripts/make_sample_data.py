@@ -30,7 +30,9 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing the package
+# a checkout without the package installed; appended, so an installed romav2_ros (a colcon
+# install space with its generated messages) comes first
+sys.path.append(str(ROOT))
 
 from romav2_ros.bag_io import BagWriter, msgtype_of, serialize  # noqa: E402
 

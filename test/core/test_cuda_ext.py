@@ -21,10 +21,9 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[2]
 CU = REPO / 'cuda_ext' / 'local_corr.cu'
 CPP = REPO / 'cuda_ext' / 'local_corr.cpp'
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'test'))
 
-import cuda_ext  # noqa: E402
+import romav2_cuda_ext as cuda_ext  # noqa: E402 (installed name of the cuda_ext/ folder)
 from local_corr_cases import CASES, case_id  # noqa: E402
 
 # Same macros as torch.utils.cpp_extension's nvcc builds (the kernel must compile under them).
@@ -233,7 +232,7 @@ def test_host_kernel_matches_torch_path(host_kernel):
 
 # ---------------------------------------------------------------------------- the loader
 def test_import_touches_neither_torch_nor_cuda():
-    code = ('import sys; import cuda_ext; '
+    code = ('import sys; import romav2_cuda_ext as cuda_ext; '
             'assert "torch" not in sys.modules, "cuda_ext imported torch"; '
             'print(cuda_ext.__name__)')
     proc = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True,

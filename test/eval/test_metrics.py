@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT), str(ROOT / 'eval')]
+sys.path.insert(0, str(ROOT / 'eval'))
 import datasets  # noqa: E402
 import metrics  # noqa: E402
 import run_eval  # noqa: E402

@@ -5,14 +5,14 @@ Static checks read the files with ``ast``: they parse; every launch argument has
 description; every parameter they give the node is declared in ``romav2_ros.params.PARAMS``;
 every topic they remap is one the node subscribes (``romav2_ros.node.INPUT_TOPICS``, plus
 ``/compressed`` for images) or publishes (``~/<output>``, ``romav2_ros.pipeline.OUTPUTS``);
-every file they use (sibling launch files, config, rviz) exists and is installed by setup.py's
-``data_files``.
+every file they use (sibling launch files, config, rviz) exists and is installed by
+CMakeLists.txt (test/packaging/test_colcon_workspace.py checks a real install).
 """
 from __future__ import annotations
 
 import ast
-import glob
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -41,17 +41,13 @@ def node_topics(mode: str) -> set[str]:
 
 
 def installed_files() -> dict[str, str]:
-    """Repository path -> install folder, from evaluating setup.py's ``data_files``."""
-    tree = ast.parse((ROOT / 'setup.py').read_text())
-    scope = {'glob': lambda pattern: sorted(glob.glob(pattern, root_dir=ROOT))}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
-            scope[node.targets[0].id] = node.value.value
-    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
-                and getattr(n.func, 'id', '') == 'setup')
-    expr = next(k.value for k in call.keywords if k.arg == 'data_files')
-    data_files = eval(compile(ast.Expression(expr), 'setup.py', 'eval'), scope)  # noqa: S307
-    return {src: dest for dest, sources in data_files for src in sources}
+    """Repository path -> install folder, from CMakeLists.txt's share/ install rule."""
+    rule = re.search(r'install\(DIRECTORY ([\w ]+) DESTINATION share/\$\{PROJECT_NAME\}\)',
+                     (ROOT / 'CMakeLists.txt').read_text())
+    assert rule, 'CMakeLists.txt installs no folder into share/${PROJECT_NAME}'
+    return {str(path.relative_to(ROOT)): f'share/{PACKAGE}/{folder}'
+            for folder in rule.group(1).split() for path in (ROOT / folder).glob('*')
+            if path.is_file()}
 
 
 def _table(node: ast.AST, tables: dict):
@@ -226,7 +222,7 @@ def test_referenced_files_exist_and_are_installed(files, core):
         assert (ROOT / path).is_file(), f'{path} is referenced but missing'
         folder = path.split('/')[0]
         assert installed.get(path) == f'share/{PACKAGE}/{folder}', \
-            f'{path} is not installed by setup.py data_files'
+            f'{path} is not installed by CMakeLists.txt'
     for launch_file in LAUNCH_FILES:
         assert installed.get(f'launch/{launch_file.name}') == f'share/{PACKAGE}/launch'
 

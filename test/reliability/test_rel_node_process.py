@@ -17,7 +17,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 import fault_matchers as fm
 from node_harness import NodeProcess, Tester
-from romav2_interfaces.msg import SampledMatches
+from romav2_ros.msg import SampledMatches
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.usefixtures('ros_env_guard')]
 

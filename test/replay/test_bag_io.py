@@ -10,13 +10,13 @@ from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
 from romav2_ros import bag_io
 
-CUSTOM = ('romav2_interfaces/msg/SampledMatches', 'romav2_interfaces/msg/RelativePose')
+CUSTOM = ('romav2_ros/msg/SampledMatches', 'romav2_ros/msg/RelativePose')
 
 
 @pytest.mark.parametrize('msgtype', CUSTOM)
 def test_custom_types_hash_like_rosidl(msgtype):
     """The typestore's RIHS01 hash equals the one rosidl generated for the built messages."""
-    generated = Path(sys.prefix) / 'share' / 'romav2_interfaces' / 'msg' / \
+    generated = Path(sys.prefix) / 'share' / 'romav2_ros' / 'msg' / \
         f'{msgtype.rsplit("/", 1)[1]}.json'
     if not generated.is_file():
         pytest.skip(f'{generated} not built')
@@ -25,7 +25,7 @@ def test_custom_types_hash_like_rosidl(msgtype):
 
 
 def test_rclpy_and_rosbags_agree_on_cdr():
-    from romav2_interfaces.msg import SampledMatches
+    from romav2_ros.msg import SampledMatches
     msg = SampledMatches(width_a=64, height_a=48, points_a=[1.0, 2.0, 3.0, 4.0],
                          certainty=[0.5, 0.25])
     msg.header.frame_id = 'left'

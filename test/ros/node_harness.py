@@ -21,6 +21,10 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / 'config' / 'fastdds_large_images.xml'
 NODE = 'romav2_node'
+#: Another ``romav2_node`` to test, run as it is (its own shebang), e.g. a colcon install's
+#: ``install/romav2_ros/lib/romav2_ros/romav2_node`` (test/packaging/test_colcon_workspace.py).
+#: Default: the venv's console script, run with this test's Python.
+EXECUTABLE_VAR = 'ROMAV2_NODE_EXECUTABLE'
 
 
 def profile_env() -> dict:
@@ -57,8 +61,11 @@ class NodeProcess:
 
     def __init__(self, params: dict, log: Path, executable: str = 'romav2_node',
                  env: dict | None = None):
-        exe = shutil.which(executable, path=str(Path(sys.executable).parent)) or executable
-        args = [sys.executable, exe, '--ros-args']
+        if os.environ.get(EXECUTABLE_VAR):   # an installed romav2_node; its siblings beside it
+            args = [str(Path(os.environ[EXECUTABLE_VAR]).with_name(executable)), '--ros-args']
+        else:
+            exe = shutil.which(executable, path=str(Path(sys.executable).parent)) or executable
+            args = [sys.executable, exe, '--ros-args']
         for k, v in params.items():
             args += ['-p', f'{k}:={str(v).lower() if isinstance(v, bool) else v}']
         self.log = log

@@ -16,7 +16,7 @@ from stereo_msgs.msg import DisparityImage
 import oracle_matchers as om
 from node_harness import NodeProcess, Tester
 from oracle_matchers import direction_error_deg, rotation_error_deg
-from romav2_interfaces.msg import RelativePose, SampledMatches
+from romav2_ros.msg import RelativePose, SampledMatches
 from romav2_ros.image_conversion import imgmsg_to_numpy
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.usefixtures('ros_env_guard')]
