@@ -37,10 +37,11 @@ ROSDEP_KEYS = {
     'psutil': 'python3-psutil',
     'skimage': 'python3-skimage',
     'matplotlib': 'python3-matplotlib',
+    'scipy': 'python3-scipy',
 }
 #: ROS packages imported under their own name (``*_msgs`` count as such too).
-ROS_PACKAGES = {'rclpy', 'launch', 'launch_ros', 'ament_index_python', 'message_filters',
-                'cv_bridge', 'builtin_interfaces', 'rcl_interfaces'}
+ROS_PACKAGES = {'rclpy', 'launch', 'launch_ros', 'ament_index_python', 'builtin_interfaces',
+                'rcl_interfaces'}
 #: Imported but deliberately not rosdep keys: pip-installed, with where that is documented.
 PIP_ONLY = {
     'torch': 'docs/workspace.md "PyTorch on a ROS machine" (CUDA / Jetson wheels; rosdep '
