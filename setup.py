@@ -25,12 +25,13 @@ setup(
     maintainer_email='romav2-ros@example.com',
     description='RoMa v2 dense feature matching as a ROS 2 perception node.',
     license='MIT',
-    extras_require={'test': ['pytest']},
+    extras_require={'test': ['pytest'], 'fleet': ['ray==2.60.0']},
     entry_points={
         'console_scripts': [
             'romav2_node = romav2_ros.node:main',
             'romav2-replay = romav2_ros.replay:main',
             'romav2-play = romav2_ros.player:main',
+            'romav2-batch = romav2_ros.fleet:main',
         ],
     },
 )
