@@ -206,7 +206,7 @@ class FleetRun:
         self.rows: list[report.BagRow] = []
         self.states: dict[str, _BagState] = {}
         self.progress = report.Progress()
-        self.models: dict[int, dict] = {}     # pid -> worker identity (build time)
+        self.models: dict[str, dict] = {}     # 'host:pid' -> worker identity (build time)
         self.started = time.monotonic()
         self.compute_started = None
         self.ray_info: dict = {}
@@ -267,11 +267,15 @@ class FleetRun:
         if book is not None:
             book.record(state.bag, state.fingerprint, self.options, 'failed', reason=reason)
 
+    def _note_model(self, identity: dict) -> str:
+        """Keep a worker process's identity (its model build time); returns 'host:pid'."""
+        where = f'{identity["host"]}:{identity["pid"]}'
+        self.models.setdefault(where, identity)
+        return where
+
     def _note_worker(self, state: _BagState, result: JobResult) -> None:
-        identity = result.worker
-        if identity:
-            self.models.setdefault(identity['pid'], identity)
-            where = f'{identity["host"]}:{identity["pid"]}'
+        if result.worker:
+            where = self._note_model(result.worker)
             if where not in state.row.workers:
                 state.row.workers.append(where)
         state.row.seconds += result.seconds
@@ -328,7 +332,7 @@ class FleetRun:
                     if ref in pool.starting:
                         identity = pool.started(ref)
                         if identity:
-                            self.models.setdefault(identity['pid'], identity)
+                            self._note_model(identity)
                             self.progress.start_clock()
                             self.compute_started = self.compute_started or time.monotonic()
                         continue
@@ -381,7 +385,7 @@ class FleetRun:
                 'compute_s': round(compute_s, 3),
                 'frames_per_s': round(frames / compute_s, 4) if compute_s > 0 else None,
                 'interrupted': self.interrupted, 'error': self.fatal, 'ray': self.ray_info,
-                'models': sorted(self.models.values(), key=lambda m: m['pid']),
+                'models': [self.models[k] for k in sorted(self.models)],
                 'options': self.options}
 
 

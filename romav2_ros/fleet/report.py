@@ -37,8 +37,8 @@ class BagRow:
 class Progress:
     """``romav2-batch: bags 3/10 (1 failed), frames 120/800, 4.2 frames/s, ETA 190 s`` on
     stderr: rewritten in place on a terminal; otherwise a new line when a bag finishes and
-    at most every ``interval`` s in between. The rate counts frames processed in this run since the first model was
-    ready; the ETA spreads the frames still expected over it."""
+    at most every ``interval`` s in between. The rate counts frames processed in this run
+    since the first model was ready; the ETA spreads the frames still expected over it."""
 
     def __init__(self, interval: float = 5.0):
         self.interval = interval

@@ -94,6 +94,7 @@ class _Reporter:
 
     def update(self, done: int, processed: int, final: bool = False) -> None:
         if self.crash_after is not None and processed >= self.crash_after:
+            self.crash_after = None
             _crash_once()
         now = time.monotonic()
         if final or now - self.last >= REPORT_INTERVAL_S:
@@ -121,12 +122,15 @@ def _no_report(*_):
 class BagWorker:
     """A model worker: ``replay_args`` is the parsed ``romav2-replay`` namespace shared by
     all bags (its bag paths are set per job); ``report(key, attempt, done, processed,
-    total)`` receives progress; ``threads``: torch CPU threads (the cores Ray gave it)."""
+    total)`` receives progress; ``threads``: CPU threads of torch and OpenCV (the cores Ray
+    gave the actor)."""
 
     def __init__(self, replay_args, report: Callable = _no_report, threads: int | None = None):
+        import cv2
         import torch
-        if threads:
+        if threads:  # torch (model, dense outputs) and OpenCV (pose, viz) alike
             torch.set_num_threads(threads)
+            cv2.setNumThreads(threads)
         self.args, self.report = replay_args, report
         started = time.perf_counter()
         self.matcher = replay.build_matcher(replay_args.values)

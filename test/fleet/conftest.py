@@ -104,11 +104,3 @@ def _end_group(proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and fleet_helpers.group_alive(proc.pid):
         time.sleep(0.1)
-
-
-@pytest.fixture
-def batch_exe():
-    exe = BIN / 'romav2-batch'
-    if not exe.exists():
-        pytest.fail(f'{exe} missing: pip install --no-deps --no-build-isolation -e .')
-    return exe

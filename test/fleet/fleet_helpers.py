@@ -17,6 +17,8 @@ from rosbags.typesys import Stores, get_typestore
 import replay_doubles as doubles
 from romav2_ros import bag_io, replay
 
+#: The installed console script (pip install -e . puts it beside the interpreter).
+BATCH = Path(sys.executable).parent / 'romav2-batch'
 ORACLE = ['-p', 'model_source:=replay_doubles:oracle']
 SLOW_ORACLE = ['-p', 'model_source:=replay_doubles:slow_oracle']
 

@@ -28,12 +28,12 @@ def _run(argv: list[str]) -> int:
     return cli.run_fleet(cli.parse_args(argv))
 
 
-def test_four_bags_one_corrupt_rerun_and_changed_option(tmp_path, ray_env, ray_head, batch_exe):
+def test_four_bags_one_corrupt_rerun_and_changed_option(tmp_path, ray_env, ray_head):
     bags = helpers.make_fleet(tmp_path / 'in')
     good = [b.name for b in bags[:3]]
     out = tmp_path / 'out'
     argv = [str(tmp_path / 'in'), '--out', str(out), *helpers.ORACLE, '--workers', '2']
-    proc = subprocess.run([str(batch_exe), *argv], env=os.environ, capture_output=True,
+    proc = subprocess.run([str(helpers.BATCH), *argv], env=os.environ, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == cli.EXIT_SOME_FAILED == 3, proc.stderr
     rows = helpers.rows(out)
@@ -113,11 +113,11 @@ def test_chunked_sequence_on_the_cluster_equals_the_replay(tmp_path, ray_env, ra
     assert set(os.listdir(out)) == RUN_FILES | {'seq'}
 
 
-def test_interrupted_run_keeps_finished_bags_and_resumes(tmp_path, ray_env, ray_head, batch_exe):
+def test_interrupted_run_keeps_finished_bags_and_resumes(tmp_path, ray_env, ray_head):
     for i in range(3):
-        doubles.write_stereo_bag(tmp_path / 'in' / f'bag_{i}', pairs=6)
+        doubles.write_stereo_bag(tmp_path / 'in' / f'bag_{i}', pairs=4)
     out = tmp_path / 'out'
-    argv = [str(batch_exe), str(tmp_path / 'in'), '--out', str(out), *helpers.SLOW_ORACLE,
+    argv = [str(helpers.BATCH), str(tmp_path / 'in'), '--out', str(out), *helpers.SLOW_ORACLE,
             '--workers', '1', *_on_head(ray_head)]
     proc = subprocess.Popen(argv, env=os.environ, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
