@@ -396,7 +396,8 @@ class TimeWindow:
     stop_ns: int | None = None
     lead_in_sets: int = 1
     lookback_ns: int = 0
-    _pending: collections.deque = dataclasses.field(default_factory=collections.deque)
+    _pending: collections.deque = dataclasses.field(default_factory=collections.deque,
+                                                    init=False, repr=False, compare=False)
 
     def read_range(self) -> tuple[int | None, int | None]:
         """Log-time range ``[start, stop)`` to read, the look-back included."""

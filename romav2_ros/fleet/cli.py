@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_intermixed_args(argv)
     args.in_bag = args.out_bag = None  # set per bag by the worker
     args = replay.check_args(parser, args)
+    if args.values['weights']:  # the workers may start in another folder
+        args.values['weights'] = str(Path(args.values['weights']).expanduser().resolve())
     if args.batch < 1:
         parser.error('--batch-size must be at least 1')
     # --batch-size is romav2-replay's --batch (same destination); a build of the replay
@@ -138,8 +140,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # --- Ray -----------------------------------------------------------------------------------
 
 def _worker_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items()
+           if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
+    if 'PYTHONPATH' in env:  # workers may start in another folder
+        env['PYTHONPATH'] = os.pathsep.join(str(Path(p).resolve()) if p else p
+                                            for p in env['PYTHONPATH'].split(os.pathsep))
+    return env
 
 
 def start_ray(args):
