@@ -68,11 +68,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope='session')
-def ray_head(ray_env):
+def ray_head(ray_env, tmp_path_factory):
     """``127.0.0.1:PORT`` of a 2-CPU Ray head (``ray start --head``) for the whole session."""
     port = _free_port()
     temp = Path(f'/tmp/romav2-ray-{os.getpid()}')   # short: Ray's socket paths must fit
-    log = open(temp.with_name(temp.name + '.log'), 'w')    # ray start's own messages
+    log = open(tmp_path_factory.mktemp('ray-head') / 'ray-start.log', 'w')
     proc = subprocess.Popen(
         [str(BIN / 'ray'), 'start', '--head', '--block', '--node-ip-address', '127.0.0.1',
          '--port', str(port), '--num-cpus', '2', '--num-gpus', '0', '--include-dashboard',

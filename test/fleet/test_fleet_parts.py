@@ -143,6 +143,21 @@ def test_inputs_that_resolve_to_nothing_exit_2(tmp_path, capsys):
     assert 'no such file' in capsys.readouterr().err
 
 
+def test_one_run_at_a_time_per_output_folder(tmp_path):
+    doubles.write_stereo_bag(tmp_path / 'in' / 'bag', pairs=1)
+    (tmp_path / 'out').mkdir()
+    args = cli.parse_args([str(tmp_path / 'in'), '--out', str(tmp_path / 'out'), *helpers.ORACLE])
+    with cli._Lock(tmp_path / 'out' / cli.LOCK_FILE):          # another run holds it
+        with pytest.raises(cli.FleetError, match='another romav2-batch is writing'):
+            cli.run_fleet(args)
+
+
+def test_relative_weights_are_made_absolute_for_the_workers(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = cli.parse_args(['in', '--out', 'o', '--weights', 'models/romav2.pt'])
+    assert args.values['weights'] == str(tmp_path / 'models' / 'romav2.pt')
+
+
 def test_replay_options_and_inputs_may_be_interleaved():
     args = cli.parse_args(['--mode', 'sequential', 'a', '--out', 'o', 'b', '-p',
                            'num_samples:=50', 'c', '--workers', '2'])
