@@ -125,15 +125,17 @@ def open_reader(path: str | Path) -> Iterator[Reader]:
         reader.close()
 
 
-def read_messages(reader: Reader, connections: list[Connection]) -> Iterator[tuple]:
+def read_messages(reader: Reader, connections: list[Connection], start: int | None = None,
+                  stop: int | None = None) -> Iterator[tuple]:
     """``(connection, log_time_ns, raw)`` in log-time order; storage failures are BagError.
 
     Only the storage calls are guarded, so errors raised by the consumer of this generator
     (our own bugs) keep their traceback. A bag that yields fewer messages than its metadata
-    announces is reported too: a damaged MCAP chunk can otherwise end the stream silently.
+    announces is reported too: a damaged MCAP chunk can otherwise end the stream silently
+    (checked when the whole bag is read, not a log-time range ``[start, stop)``).
     """
-    expected = sum(c.msgcount for c in connections)
-    it = reader.messages(connections=connections)
+    expected = sum(c.msgcount for c in connections) if start is None and stop is None else 0
+    it = reader.messages(connections=connections, start=start, stop=stop)
     count = 0
     while True:
         try:

@@ -81,3 +81,21 @@ def resolve(source: str) -> Callable:
 def create(source: str, config: RoMaV2Config, device: str, weights: str = '', seed: int = 0):
     """Build the matcher named by ``source`` (see the module docstring)."""
     return resolve(source)(config=config, device=device, weights=weights, seed=seed)
+
+
+def warm_up(matcher, device: str, mode: str) -> None:
+    """The node's shapes through the model once (lazy init, compilation, autotuning) before
+    topics open: a stereo pair (or one frame) encoded as one batch, and the pairs of one set
+    matched as one batch (stereo_odometry: the stereo and the temporal pair)."""
+    import torch
+
+    from romav2_core.interface import cat_features
+    h, w = matcher.output_hw
+    images = 1 if mode == 'sequential' else 2
+    x = torch.randint(0, 256, (images, 3, h, w), dtype=torch.uint8, device=device)
+    with torch.inference_mode():
+        f = matcher.encode(x)
+        if mode == 'stereo_odometry':
+            matcher.match_features(cat_features([f[:1], f[:1]]), f)
+        else:
+            matcher.match_features(f[:1], f[-1:])

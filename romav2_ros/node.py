@@ -282,7 +282,7 @@ class MatchingNodeCore:
                                   self.device, self.values['weights'],
                                   self.values['random_seed'])
         if self.values['warmup']:
-            _warm_up(matcher, self.device, self.mode)
+            matchers.warm_up(matcher, self.device, self.mode)
         self.pipeline = MatchingPipeline(matcher, params.pipeline_config(self.values))
 
     def _work(self, ready: threading.Event, failure: list) -> None:
@@ -466,24 +466,6 @@ class RoMaV2LifecycleNode(MatchingNodeCore, LifecycleNode):
 
     def close(self) -> None:
         self._cleanup()
-
-
-def _warm_up(matcher, device: str, mode: str) -> None:
-    """The node's shapes through the model once (lazy init, compilation, autotuning) before
-    topics open: a stereo pair (or one frame) encoded as one batch, and the pairs of one set
-    matched as one batch (stereo_odometry: the stereo and the temporal pair)."""
-    import torch
-
-    from romav2_core.interface import cat_features
-    h, w = matcher.output_hw
-    images = 1 if mode == 'sequential' else 2
-    x = torch.randint(0, 256, (images, 3, h, w), dtype=torch.uint8, device=device)
-    with torch.inference_mode():
-        f = matcher.encode(x)
-        if mode == 'stereo_odometry':
-            matcher.match_features(cat_features([f[:1], f[:1]]), f)
-        else:
-            matcher.match_features(f[:1], f[-1:])
 
 
 def _explain(exc: BaseException, values: dict) -> str:

@@ -16,6 +16,7 @@ arguments, 130 interrupted (the output bag is still closed and readable).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import re
 import signal
@@ -78,16 +79,19 @@ def node_parameters(args) -> dict:
     return values
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from romav2_ros.pipeline import OUTPUTS, mode_outputs
+def build_parser(bag_paths: bool = True) -> argparse.ArgumentParser:
+    """The replay's parser; without ``bag_paths`` (IN_BAG OUT_BAG) for ``romav2-batch``, which
+    takes the same options and checks them with :func:`check_args`."""
+    from romav2_ros.pipeline import OUTPUTS
     parser = argparse.ArgumentParser(
         prog='romav2-replay',
         description='Run romav2_node\'s processing over a recorded rosbag2, offline, into a '
                     'new rosbag2 (outputs on the topics the node publishes).',
         epilog='Any node parameter can be set with -p NAME:=VALUE (README.md (section "The node")), e.g. '
                '-p certainty_threshold:=0.2 -p approximate_sync:=true.')
-    parser.add_argument('in_bag', type=Path, help='input rosbag2 folder (mcap or sqlite3)')
-    parser.add_argument('out_bag', type=Path, help='output rosbag2 folder (must not exist)')
+    if bag_paths:
+        parser.add_argument('in_bag', type=Path, help='input rosbag2 folder (mcap or sqlite3)')
+        parser.add_argument('out_bag', type=Path, help='output rosbag2 folder (must not exist)')
     parser.add_argument('--mode', choices=tuple(ROLES), help='node parameter mode (default stereo)')
     parser.add_argument('--topics', nargs='+', metavar='TOPIC',
                         help='stereo: LEFT_IMAGE LEFT_INFO RIGHT_IMAGE RIGHT_INFO; sequential: '
@@ -119,7 +123,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     model.add_argument('--device', help='device: auto (default), cpu, cuda, cuda:N')
     parser.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
                         help='set a node parameter (repeatable)')
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    return check_args(parser, parser.parse_args(argv))
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Resolve the node parameter values and check the options (``parser.error`` if bad)."""
+    from romav2_ros.pipeline import OUTPUTS, mode_outputs
     try:
         args.values = node_parameters(args)
     except ValueError as exc:
@@ -266,13 +280,27 @@ class Summary:
         # Numbers vary per frame (match counts, stamp gaps); count the kinds of notes.
         self.notes.update(re.sub(r'[-+]?\d[\d.]*', '#', note) for note in notes)
 
+    def add(self, other: 'Summary') -> None:
+        """Add the counts of ``other`` (another time chunk of the same bag)."""
+        for field in dataclasses.fields(self):
+            mine, theirs = getattr(self, field.name), getattr(other, field.name)
+            if isinstance(mine, int):
+                setattr(self, field.name, mine + theirs)
+            else:
+                for key, value in theirs.items():
+                    mine[key] += value
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        """Pipeline input errors by code, plus input messages that found no partner."""
+        unpaired = {r: n - self.sets for r, n in self.role_counts.items() if n > self.sets}
+        dropped = dict(self.dropped)
+        dropped.update({f'unsynchronised {r}': n for r, n in unpaired.items()})
+        return dropped
+
     def lines(self, elapsed: float, status: str, writer_counts: dict) -> list[str]:
         lines = [f'romav2-replay: {status} in {elapsed:.1f} s: {self.processed} processed of '
                  f'{self.sets} synchronised input sets']
-        per_role = self.role_counts
-        unpaired = {r: n - self.sets for r, n in per_role.items() if n > self.sets}
-        dropped = dict(self.dropped)
-        dropped.update({f'unsynchronised {r}': n for r, n in unpaired.items()})
+        dropped = self.dropped_by_reason()
         if dropped:
             lines.append('  dropped: ' + ', '.join(f'{k} {v}' for k, v in sorted(dropped.items())))
         if self.notes:
@@ -334,10 +362,14 @@ class _Run:
         self._pending: list[tuple] = []     # (msgs, log_ns) waiting for a full batch
         self.trajectory: list[tuple] = []   # (stamp s, position, quaternion) of the odometry
 
-    def handle(self, msgs: tuple, log_ns: int) -> None:
+    def handle(self, msgs: tuple, log_ns: int, lead_in: bool = False) -> None:
         """Queue one synchronised set; a full batch (or what ``--limit`` still allows) is
-        processed and written."""
-        self._pending.append((msgs, log_ns))
+        processed and written.
+
+        ``lead_in``: a set from before a time chunk (:class:`TimeWindow`), processed only for
+        the pipeline's state (previous frame and stamp); nothing is written or counted.
+        """
+        self._pending.append((msgs, log_ns, lead_in))
         limit = self.args.limit
         if len(self._pending) >= self.args.batch or \
                 limit is not None and self.summary.processed + len(self._pending) >= limit:
@@ -354,8 +386,10 @@ class _Run:
         if not pending:
             return
         summary = self.summary
-        outcomes = self.pipeline.process_batch([m for m, _ in pending], self.wanted)
-        for (_, log_ns), out in zip(pending, outcomes):
+        outcomes = self.pipeline.process_batch([m for m, _, _ in pending], self.wanted)
+        for (_, log_ns, lead_in), out in zip(pending, outcomes):
+            if lead_in:
+                continue
             summary.sets += 1
             if isinstance(out, InputError):
                 summary.dropped[out.code] += 1
@@ -389,10 +423,69 @@ def write_trajectory(path: Path, rows: list) -> None:
     print(f'romav2-replay: trajectory of {len(rows)} poses in {path}', file=sys.stderr)
 
 
+@dataclasses.dataclass
+class TimeWindow:
+    """A time chunk of a bag: only sets completed by a message logged in ``[start_ns,
+    stop_ns)`` are output (None: the bag's start / end).
+
+    Before ``start_ns`` the messages of ``lookback_ns`` are read and synchronised, and the
+    last ``lead_in_sets`` sets found there go through the pipeline without output, so the
+    chunk's first set sees the previous frame and stamp that a whole-bag replay gives it.
+    """
+
+    start_ns: int | None = None
+    stop_ns: int | None = None
+    lead_in_sets: int = 1
+    lookback_ns: int = 0
+    _pending: collections.deque = dataclasses.field(default_factory=collections.deque,
+                                                    init=False, repr=False, compare=False)
+
+    def read_range(self) -> tuple[int | None, int | None]:
+        """Log-time range ``[start, stop)`` to read, the look-back included."""
+        start = None if self.start_ns is None else self.start_ns - self.lookback_ns
+        return start, self.stop_ns
+
+    def contains(self, log_ns: int) -> bool:
+        return self.start_ns is None or log_ns >= self.start_ns
+
+    def handle(self, run: '_Run', msgs: tuple, log_ns: int) -> None:
+        """Give a synchronised set to ``run``: held back as a lead-in before the window."""
+        if not self.contains(log_ns):
+            self._pending.append(msgs)
+            while len(self._pending) > self.lead_in_sets:
+                self._pending.popleft()
+            return
+        while self._pending:
+            run.handle(self._pending.popleft(), 0, lead_in=True)
+        run.handle(msgs, log_ns)
+
+
+@dataclasses.dataclass
+class BagResult:
+    """What :func:`replay_bag` did: ``status`` is 'done', 'interrupted' or 'stopped by an
+    input error'; ``written``: messages written per topic."""
+
+    status: str
+    summary: Summary
+    written: dict
+    elapsed_s: float
+
+
 def replay(args, matcher=None) -> int:
     """Run the replay described by ``args`` (from :func:`parse_args`); returns the exit code.
 
     ``matcher`` replaces the one the model options describe (in-process callers, tests).
+    """
+    result = replay_bag(args, matcher)
+    return 130 if result.status == 'interrupted' else 0
+
+
+def replay_bag(args, matcher=None, progress=Progress, window: TimeWindow | None = None
+               ) -> BagResult:
+    """The replay of :func:`replay`, returning what happened (``romav2-batch`` runs each
+    bag through it). ``progress(total)`` makes the object whose ``update(done, processed,
+    final=False)`` is called per set; ``window`` limits the outputs to a time chunk.
+    Input errors met mid-bag are raised after the output bag is closed.
     """
     from romav2_ros import params
     from romav2_ros.pipeline import MatchingPipeline
@@ -424,19 +517,22 @@ def replay(args, matcher=None) -> int:
         pipeline = MatchingPipeline(matcher, params.pipeline_config(values))
         pairer = Pairer(ROLES[args.mode], values)
         status, error = 'done', None
+        window = window or TimeWindow()
         with bag_io.BagWriter(args.out_bag, args.storage, store) as writer, \
                 stop_requests() as stop:
-            run = _Run(args, pipeline, writer, Progress(total))
+            run = _Run(args, pipeline, writer, progress(total))
             try:
-                for conn, log_ns, raw in bag_io.read_messages(reader, connections):
+                for conn, log_ns, raw in bag_io.read_messages(reader, connections,
+                                                              *window.read_range()):
                     if stop['stop']:
                         raise KeyboardInterrupt
-                    if args.include_inputs:
+                    inside = window.contains(log_ns)
+                    if args.include_inputs and inside:
                         writer.write_raw(conn.topic, conn.msgtype, log_ns, raw, source=conn)
                     role = role_of[conn.topic]
-                    run.summary.role_counts[role] += 1
+                    run.summary.role_counts[role] += inside
                     for msgs in pairer.feed(role, bag_io.deserialize(raw, conn.msgtype)):
-                        run.handle(msgs, log_ns)
+                        window.handle(run, msgs, log_ns)
                     if run.done():
                         break
                 run.flush()
@@ -449,11 +545,12 @@ def replay(args, matcher=None) -> int:
         if args.trajectory is not None:
             write_trajectory(args.trajectory, run.trajectory)
         run.progress.update(run.summary.sets, run.summary.processed, final=True)
-        for line in run.summary.lines(time.monotonic() - started, status, writer.counts):
+        elapsed = time.monotonic() - started
+        for line in run.summary.lines(elapsed, status, writer.counts):
             print(line, file=sys.stderr)
     if error is not None:
         raise error
-    return 130 if status == 'interrupted' else 0
+    return BagResult(status, run.summary, dict(writer.counts), elapsed)
 
 
 def main(argv: list[str] | None = None) -> int:

