@@ -127,7 +127,7 @@ def test_manifest_skips_only_unchanged_finished_bags(tmp_path):
 
 @pytest.mark.parametrize('argv, message', [
     (['--batch-size', '0'], '--batch must be in'),
-    (['--trajectory', 'odometry.txt'], 'romav2-replay'),
+    (['--mode', 'stereo_odometry', '--trajectory', 'odometry.txt'], 'romav2-replay'),
     (['--chunk-seconds', '10', '--mode', 'stereo_odometry'], 'mode stereo_odometry keeps state'),
     (['--chunk-seconds', '10', '--outputs', 'warp', '--limit', '3'], '--limit'),
     (['--workers', '0'], '--workers'),
