@@ -45,8 +45,11 @@ HOW_TO_RUN = ("run it inside a private network namespace with DDS confined to lo
               "  unshare --net bash -c 'ip link set lo up; export "
               "ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=44; "
               ".venv/bin/python bench/bench_node.py --smoke'")
-OUTPUT_TYPES = ('warp', 'certainty', 'covariance', 'disparity', 'matches', 'relative_pose',
-                'relative_pose_info')
+OUTPUT_TYPES = ('warp', 'certainty', 'covariance', 'disparity', 'depth', 'depth_stddev',
+                'points2', 'matches', 'relative_pose', 'relative_pose_info')
+#: Every stereo output but the pictures and the pose (random weights may give no pose).
+DENSE_OUTPUTS = ('warp', 'certainty', 'covariance', 'disparity', 'depth', 'depth_stddev',
+                 'points2')
 
 
 def check_environment() -> None:
@@ -94,15 +97,10 @@ def messages(left, right, focal, baseline, stamp):
 def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
     from builtin_interfaces.msg import Time
     from diagnostic_msgs.msg import DiagnosticArray
-    from geometry_msgs.msg import PoseWithCovarianceStamped
     from sensor_msgs.msg import CameraInfo, Image
-    from stereo_msgs.msg import DisparityImage
     import rclpy
     from node_harness import NodeProcess, Tester
-    from romav2_ros.msg import RelativePose, SampledMatches
-    types = {'warp': Image, 'certainty': Image, 'covariance': Image,
-             'disparity': DisparityImage, 'matches': SampledMatches,
-             'relative_pose': PoseWithCovarianceStamped, 'relative_pose_info': RelativePose}
+    from romav2_ros.messages import output_type
     params = {'mode': 'stereo', 'model_source': 'random', 'random_seed': 0,
               'setting': args.setting, 'H_lr': args.size[0], 'W_lr': args.size[1],
               'H_hr': -1, 'W_hr': -1, 'device': args.device, 'precision': args.precision,
@@ -120,7 +118,7 @@ def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
             def cb(msg, key=key):
                 arrivals[key][(msg.header.stamp.sec, msg.header.stamp.nanosec)] = \
                     time.perf_counter()
-            tester.node.create_subscription(types[key], f'/romav2_node/{key}', cb, qos)
+            tester.node.create_subscription(output_type(key), f'/romav2_node/{key}', cb, qos)
         tester.node.create_subscription(DiagnosticArray, '/diagnostics', diag.append, 50)
         topics = ('left/image_rect', 'left/camera_info', 'right/image_rect',
                   'right/camera_info')
@@ -146,13 +144,16 @@ def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
             if k >= args.warmup_pairs:
                 latencies.append(max(arrivals[o][key] for o in args.outputs) - t0)
         tester.spin_for(1.2)  # one more /diagnostics period
-        node_model_ms = None
+        node_model_ms, stages = None, {}
         for arr in reversed(diag):
             for st in arr.status:
                 if st.name.endswith('processing'):
                     vals = {kv.key: kv.value for kv in st.values}
                     if 'latency_model_ms_mean' in vals:
                         node_model_ms = float(vals['latency_model_ms_mean'])
+                        # where the node's own time goes (means over the last period)
+                        stages = {k[len('latency_'):-len('_ms_mean')]: float(v)
+                                  for k, v in vals.items() if k.endswith('_ms_mean')}
                         break
             if node_model_ms is not None:
                 break
@@ -163,7 +164,8 @@ def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
     if rc != 0:
         raise RuntimeError(f'romav2_node exited with {rc}:\n{node.output()[-3000:]}')
     return {'latencies_s': latencies, 'median_latency_s': common.median(latencies),
-            'node_startup_s': startup, 'node_latency_model_ms_mean': node_model_ms}
+            'node_startup_s': startup, 'node_latency_model_ms_mean': node_model_ms,
+            'node_stage_ms_mean': stages}
 
 
 def measure_model(args, left, right) -> dict:
@@ -186,8 +188,7 @@ def main() -> None:
     p.add_argument('--image-size', type=int, nargs=2, metavar=('W', 'H'), default=[640, 480])
     p.add_argument('--pairs', type=int, default=5)
     p.add_argument('--warmup-pairs', type=int, default=1)
-    p.add_argument('--outputs', nargs='+', default=['warp', 'certainty', 'covariance',
-                                                    'disparity'], choices=OUTPUT_TYPES,
+    p.add_argument('--outputs', nargs='+', default=list(DENSE_OUTPUTS), choices=OUTPUT_TYPES,
                    help='latency = until all of these arrived (pose outputs need weights '
                         'that give a pose: random weights may not)')
     p.add_argument('--no-node-warmup', dest='node_warmup', action='store_false',
