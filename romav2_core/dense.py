@@ -43,7 +43,7 @@ class GridMatches:
     certainty: np.ndarray    # [N] in [0, 1]
     cov_b: np.ndarray        # [N x 2 x 2] covariance of points_b, px^2 of B (NaN unknown)
     valid: np.ndarray        # [N] bool, as DenseMatches.valid
-    grid_hw: tuple[int, int]
+    grid_hw: tuple[int, int]  # rows x columns of the cells taken
 
 
 def inside(points: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -83,14 +83,16 @@ def upsample(warp: Tensor, overlap: Tensor, covariance: Tensor, hw_a: tuple[int,
 
 
 def grid_matches(warp: Tensor, overlap: Tensor, covariance: Tensor, hw_a: tuple[int, int],
-                 hw_b: tuple[int, int], threshold: float) -> GridMatches:
-    """One match per grid cell: cell centres of A and their warps in B (full-image px)."""
+                 hw_b: tuple[int, int], threshold: float, stride: int = 1) -> GridMatches:
+    """One match per grid cell (every ``stride``-th row and column of cells): cell centres of
+    A and their warps in B (full-image px)."""
     ho, wo = warp.shape[:2]
-    host = _packed(warp, overlap, covariance, hw_b).permute(1, 2, 0).reshape(-1, 6)
+    host = _packed(warp[::stride, ::stride], overlap[::stride, ::stride],
+                   covariance[::stride, ::stride], hw_b).permute(1, 2, 0).reshape(-1, 6)
     host = host.cpu().numpy().astype(np.float64)                # the one device->host copy
     h, w = hw_a
     # Cell (i, j) of an H_o x W_o grid over A has its centre at ((j + 0.5) W / W_o - 0.5, ...)
-    jj, ii = np.meshgrid(np.arange(wo), np.arange(ho), indexing='xy')
+    jj, ii = np.meshgrid(np.arange(0, wo, stride), np.arange(0, ho, stride), indexing='xy')
     points_a = np.stack([(jj + 0.5) * (w / wo) - 0.5, (ii + 0.5) * (h / ho) - 0.5],
                         axis=-1).reshape(-1, 2)
     cov = np.stack([host[:, 3], host[:, 4], host[:, 4], host[:, 5]], axis=-1).reshape(-1, 2, 2)
@@ -98,4 +100,4 @@ def grid_matches(warp: Tensor, overlap: Tensor, covariance: Tensor, hw_a: tuple[
     points_b = host[:, :2]
     valid = (certainty >= threshold) & inside(points_b, hw_b)
     return GridMatches(points_a=points_a, points_b=points_b, certainty=certainty, cov_b=cov,
-                       valid=valid, grid_hw=(ho, wo))
+                       valid=valid, grid_hw=jj.shape)

@@ -60,6 +60,9 @@ SAMPLE_OUTPUTS = {'matches', 'relative_pose', 'relative_pose_info', 'matches_viz
 POSE_OUTPUTS = {'relative_pose', 'relative_pose_info'}
 #: ``wanted`` may also hold ``'tf'``: the odometry as a TransformStamped (stereo_odometry).
 TF = 'tf'
+#: Every n-th row and column of model-grid cells used by the rectification check when no
+#: sampled output needs the whole grid (a 320 x 320 grid: 6400 matches, plenty for a median).
+HEALTH_STRIDE = 4
 #: Smallest disparity (px) whose depth is used for the metric pose: below it the depth's
 #: first-order uncertainty stops being meaningful (``stereo.py``).
 MIN_DISPARITY_PX = 2.0
@@ -263,11 +266,13 @@ class MatchingPipeline:
                 if stereo is not None and wanted & STEREO_OUTPUTS:
                     self._stereo_outputs(cfg, stereo, dense, a, wanted, res)
             with self._clock.stage('pose', res.timings):
-                matches = self._grid(cfg, grid, a, b)
+                sampled = bool(wanted & SAMPLE_OUTPUTS)
+                # the health check alone needs only a sparse grid of the matches
+                matches = self._grid(cfg, grid, a, b, 1 if sampled else HEALTH_STRIDE)
                 if stereo is not None:
                     ok = matches.valid
                     res.health = vertical_disparity(matches.points_a[ok], matches.points_b[ok])
-                samples = self._sample(cfg, matches, a)[0] if wanted & SAMPLE_OUTPUTS else None
+                samples = self._sample(cfg, matches, a)[0] if sampled else None
                 self._matches_out(samples, a, b, wanted, res)
                 if wanted & POSE_OUTPUTS:
                     self._two_view_pose(cfg, samples, a, b, stereo, wanted, res)
@@ -373,9 +378,9 @@ class MatchingPipeline:
                 res.messages[key] = numpy_to_imgmsg(getattr(dense, key), enc, a.header)
         return dense
 
-    def _grid(self, cfg, grid, a: Frame, b: Frame) -> dense_ops.GridMatches:
+    def _grid(self, cfg, grid, a: Frame, b: Frame, stride: int = 1) -> dense_ops.GridMatches:
         return dense_ops.grid_matches(*self._grid_tensors(grid), a.hw, b.hw,
-                                      cfg.certainty_threshold)
+                                      cfg.certainty_threshold, stride)
 
     @staticmethod
     def _matches_out(samples, a: Frame, b: Frame, wanted: set, res) -> None:

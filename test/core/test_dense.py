@@ -76,3 +76,13 @@ def test_grid_matches_are_cell_centres_and_their_warps():
     xb, yb = affine(m.points_a[:, 0], m.points_a[:, 1])
     np.testing.assert_allclose(m.points_b, np.c_[xb, yb], atol=2e-3)
     np.testing.assert_allclose(m.cov_b[k], [[9.0, 0.625], [0.625, 0.5625]], rtol=1e-5)
+
+
+def test_strided_grid_matches_keep_their_cells_centres():
+    warp, overlap, cov = grid_outputs()
+    full = grid_matches(warp, overlap, cov, HW_A, HW_B, threshold=0.5)
+    sparse = grid_matches(warp, overlap, cov, HW_A, HW_B, threshold=0.5, stride=4)
+    assert sparse.grid_hw == (40, 40)
+    take = (np.arange(HO)[::4, None] * WO + np.arange(WO)[None, ::4]).ravel()
+    np.testing.assert_array_equal(sparse.points_a, full.points_a[take])
+    np.testing.assert_array_equal(sparse.points_b, full.points_b[take])
