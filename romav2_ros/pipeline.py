@@ -9,7 +9,10 @@ Pairs (A is the image the dense outputs are indexed by):
 
 * ``stereo``: A = left, B = right;
 * ``sequential``: A = frame t, B = frame t-1 (each frame is encoded once; its features are kept
-  for the next pair).
+  for the next pair);
+* ``stereo_odometry``: the stereo pair (left_t, right_t) gives the stereo outputs and the
+  depth, the temporal pair (left_t, left_t-1) the matches, the metric pose and the odometry;
+  both are matched as one batch and left_t's features serve the next set too.
 
 Each set is processed with one snapshot of :class:`PipelineConfig` (parameter changes apply
 between sets, never inside one). :meth:`MatchingPipeline.process_batch` runs several sets
