@@ -19,7 +19,7 @@ clean_shm() {
 }
 trap clean_shm EXIT
 
-# The DDS tests' guard (test/conftest.py) fails, rather than skips, when this confinement is
+# The DDS tests' guard (test/dds_guard.py) fails, rather than skips, when this confinement is
 # not in place, so CI never skips them silently.
 if unshare --net true 2>/dev/null; then
   export ROMAV2_TEST_CONFINEMENT=netns

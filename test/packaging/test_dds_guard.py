@@ -1,4 +1,4 @@
-"""The DDS guard of test/conftest.py: skip with the reason outside the test namespace (``colcon
+"""The DDS guard of test/dds_guard.py: skip with the reason outside the test namespace (``colcon
 test`` on a robot; test_colcon_workspace.py runs that case), fail when scripts/run_tests.sh
 asked for a confinement that is missing (CI never skips a DDS test silently)."""
 import os
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import conftest
+import dds_guard
 
 TEST_DIR = Path(__file__).resolve().parents[1]
 VARS = ('ROMAV2_TEST_CONFINEMENT', 'ROS_AUTOMATIC_DISCOVERY_RANGE', 'ROS_DOMAIN_ID')
@@ -38,7 +38,7 @@ def environment(monkeypatch):
 def test_outside_the_test_namespace_dds_tests_skip_with_the_reason(environment, interfaces,
                                                                   env_vars, reason):
     environment(interfaces, **env_vars)
-    action, why = conftest.dds_guard_verdict()
+    action, why = dds_guard.dds_guard_verdict()
     assert action is pytest.skip and 'private network namespace' in why and reason in why, why
 
 
@@ -51,7 +51,7 @@ def test_outside_the_test_namespace_dds_tests_skip_with_the_reason(environment, 
 def test_under_the_test_runner_a_missing_confinement_fails(environment, interfaces, env_vars,
                                                            reason):
     environment(interfaces, **env_vars)
-    action, why = conftest.dds_guard_verdict()
+    action, why = dds_guard.dds_guard_verdict()
     assert action is pytest.fail and why.startswith('ROMAV2_TEST_CONFINEMENT=') and reason in why
 
 
@@ -62,7 +62,7 @@ def test_under_the_test_runner_a_missing_confinement_fails(environment, interfac
 ])
 def test_confined_dds_tests_run(environment, interfaces, env_vars):
     environment(interfaces, **env_vars)
-    assert conftest.dds_guard_verdict() == (None, '')
+    assert dds_guard.dds_guard_verdict() == (None, '')
 
 
 def test_the_fixture_fails_a_test_whose_confinement_is_missing(tmp_path):
