@@ -100,6 +100,16 @@ def build_side(side: str, setting: str, device: str, precision: str,
     return model, (no_autocast if official_fp32 else contextlib.nullcontext)
 
 
+def add_case_arguments(parser) -> None:
+    """The options that name one model case: setting, resolution, batch, direction, device."""
+    parser.add_argument('--setting', default='base', choices=['turbo', 'fast', 'base'])
+    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
+                        help='override H_lr W_lr')
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--bidirectional', action='store_true')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+
+
 def sync(device: str) -> None:
     if device.startswith('cuda'):
         torch.cuda.synchronize()
