@@ -15,7 +15,8 @@ size / 8, batch 1 and 2) and the kernel is reported unavailable.
 Prints one JSON document (machine, torch, device, command, cases) on stdout and a one-line
 summary on stderr, as the other benchmarks.
 Usage: ``python bench/bench_local_corr.py [--small|--full] [--dtype fp32|bf16|fp16]
-[--repeats N] [--impls cuda,torch_kloop,materialise] [--layout channels_last|nchw] [--json-out FILE]``
+[--repeats N] [--impls cuda,torch_kloop,materialise] [--layout channels_last|nchw]
+[--json-out FILE]``
 """
 import argparse
 import json

@@ -1,8 +1,11 @@
 """Forward throughput and peak memory: our RoMaV2 vs the official romav2 2.0.1.
 
-Same seeded random weights, same setting and resolution, same device, measured back to back in
-one run (each side in its own subprocess so peak memory is its own). Prints JSON with both
-sides and the ratios (ours / official); the headline is the throughput ratio.
+Same seeded random weights, same setting and resolution, same device, in one run: each side
+in its own subprocess (so peak memory is its own), both built and warmed up, then their calls
+interleaved one by one (``--repeats`` rounds, the order alternating), so a shared machine's
+changing load hits both sides alike (``--sequential``: one side after the other, one model in
+memory at a time). Prints JSON with both sides and the ratios (ours / official); the headline
+is the throughput ratio.
 
     .venv/bin/python bench/bench_model.py --setting base --batch 1
     .venv/bin/python bench/bench_model.py --setting turbo --batch 8 --bidirectional --device cuda
@@ -15,8 +18,10 @@ PyPI ``fused-local-corr``, when ``import local_corr`` works, else its PyTorch fa
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -38,7 +43,9 @@ def official_local_corr(kernel: str) -> str:
     return 'fused'
 
 
-def measure(args) -> dict:
+def measure(args) -> Optional[dict]:
+    """One side: build, warm up, then time (``--serve``: one call per request of the
+    interleaving controller, see common.run_interleaved). Returns the side's row."""
     torch.manual_seed(0)
     kernel = official_local_corr(args.official_kernel) if args.side == 'official' else None
     model, precision_context = common.build_side(args.side, args.setting, args.device,
@@ -50,15 +57,22 @@ def measure(args) -> dict:
     img_B = torch.rand(args.batch, 3, H, W, generator=g).to(args.device)
     if args.device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
+
+    def row(times: list[float]) -> dict:
+        out = {'side': args.side, 'seconds_per_batch': common.median(times),
+               'all_seconds': times, 'pairs_per_second': args.batch / common.median(times),
+               'peak_memory_mb': common.peak_memory_mb(args.device), 'H': H, 'W': W}
+        if kernel is not None:
+            out['local_corr'] = kernel
+        return out
+
     with precision_context():
-        times = common.timed(lambda: model(img_A, img_B), args.device, args.repeats,
-                             warmup=args.warmup)
-    row = {'side': args.side, 'seconds_per_batch': common.median(times), 'all_seconds': times,
-           'pairs_per_second': args.batch / common.median(times),
-           'peak_memory_mb': common.peak_memory_mb(args.device), 'H': H, 'W': W}
-    if kernel is not None:
-        row['local_corr'] = kernel
-    return row
+        if args.serve:
+            common.timed(lambda: model(img_A, img_B), args.device, 0, warmup=args.warmup)
+            common.serve(lambda: model(img_A, img_B), args.device, row)
+            return None
+        return row(common.timed(lambda: model(img_A, img_B), args.device, args.repeats,
+                                warmup=args.warmup))
 
 
 def main() -> None:
@@ -75,13 +89,18 @@ def main() -> None:
                    choices=['installed', 'native', 'both'],
                    help="the official side's local correlation (see above)")
     p.add_argument('--smoke', action='store_true', help='tiny case for CI (64x96, 1 repeat)')
+    p.add_argument('--sequential', action='store_true',
+                   help='run the sides one after the other instead of interleaving their calls '
+                        '(only one model in memory at a time)')
     p.add_argument('--side', choices=['ours', 'official'], help=argparse.SUPPRESS)
+    p.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.smoke:
         args.setting, args.size, args.repeats = 'turbo', [64, 96], 1
     if args.side:
-        import json
-        print(json.dumps(measure(args)))
+        result = measure(args)
+        if result is not None:
+            print(json.dumps(result))
         return
 
     forwarded = [a for a in sys.argv[1:] if a != '--smoke']
@@ -91,13 +110,14 @@ def main() -> None:
                'both': ['installed', 'native']}[args.official_kernel]
     runs = [('official' if i == 0 else 'official_native', 'official', k)
             for i, k in enumerate(kernels)] + [('ours', 'ours', 'installed')]
-    sides = {}
-    for key, side, kernel in runs:
-        sides[key] = common.run_side(Path(__file__), [*forwarded, '--side', side,
-                                                      '--official-kernel', kernel])
-        if key == 'official_native' and sides['official']['local_corr'] != 'fused':
-            del sides[key]  # no fused kernel installed: the first row already is the fallback
-            break
+    side_args = {key: [*forwarded, '--side', side, '--official-kernel', kernel]
+                 for key, side, kernel in runs}
+    if args.sequential:
+        sides = {key: common.run_side(Path(__file__), a) for key, a in side_args.items()}
+    else:
+        sides = common.run_interleaved(Path(__file__), side_args, args.repeats)
+    if 'official_native' in sides and sides['official']['local_corr'] != 'fused':
+        del sides['official_native']  # no fused kernel installed: 'official' is the fallback
     ratio_speed = sides['ours']['pairs_per_second'] / sides['official']['pairs_per_second']
     ratio_mem = sides['ours']['peak_memory_mb'] / sides['official']['peak_memory_mb']
     result = {'benchmark': 'model_forward', 'command': ' '.join(['bench/bench_model.py',

@@ -59,7 +59,8 @@ def _model(r: dict) -> str:
     text = (f'model {r["setting"]} {ours["H"]}x{ours["W"]} b{r["batch"]}: ours '
             f'{ours["pairs_per_second"]:.1f} pairs/s {ours["peak_memory_mb"] / 1024:.1f} GB, '
             f'official ({o.get("local_corr", "?")}) {o["pairs_per_second"]:.1f} pairs/s '
-            f'{o["peak_memory_mb"] / 1024:.1f} GB -> x{r["throughput_ratio_ours_over_official"]:.2f}')
+            f'{o["peak_memory_mb"] / 1024:.1f} GB -> '
+            f'x{r["throughput_ratio_ours_over_official"]:.2f}')
     if 'official_native' in r:
         n = r['official_native']
         text += (f'; official native {n["pairs_per_second"]:.1f} pairs/s '

@@ -176,3 +176,12 @@ def test_gpu_check_refuses_the_full_run_without_a_gpu():
     out = subprocess.run(['bash', str(ROOT / 'scripts/gpu_check.sh')], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and '--smoke' in out.stderr
+
+
+def test_bench_revisions_smoke():
+    """HEAD (exported by git archive) against the working tree, interleaved."""
+    r = run('bench/bench_revisions.py', '--smoke')
+    assert r['benchmark'] == 'revisions' and len(r['base_commit']) == 40
+    assert r['base']['romav2_core'] != r['worktree']['romav2_core']
+    assert r['worktree']['romav2_core'] == str(ROOT / 'romav2_core')
+    assert r['speedup_worktree_over_base'] > 0 and len(r['speedup_per_round']) == 1

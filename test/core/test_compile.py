@@ -184,22 +184,20 @@ def test_refiner_compiles_with_inductor():
 
 @pytest.mark.gpu
 def test_compiled_model_on_cuda():
-    """Inductor + CUDA graphs (``reduce-overhead``) on the GPU: compiled == eager (fp32), the
-    official bf16 policy within its own error, cached stream features valid, no graph break."""
+    """Inductor + CUDA graphs (``reduce-overhead``) on the GPU, the official bf16 policy, the
+    sequential mode's calls (one compile, to fit gpu_check.sh's budget): cached features stay
+    valid across CUDA-graph replays, the result is within the bf16 policy's own error of the
+    all-fp32 eager model, no graph break."""
     images = [i.cuda() for i in _images(7)]
-    bf16 = _model('bf16').cuda()
-    fp32 = _model('fp32', bf16.state_dict()).cuda()
-    out = {}
-    for name, model in (('fp32', fp32), ('bf16', bf16)):
-        eager = model.match(*images)
-        compile_model(model, 'reduce-overhead')
-        warm_up(model, stream=True)
-        warm_up(model)
-        prev = model.encode(images[1])
-        model.encode(images[0])  # a CUDA graph replay that must not clobber prev
-        out[name] = (eager, model.match_features(model.encode(images[0]), prev))
-    _assert_close(out['fp32'][1]['warp_AB'], out['fp32'][0]['warp_AB'], 1e-4)  # TF32-free fp32
-    exact = out['fp32'][0]['warp_AB']
-    assert _scaled_error(out['bf16'][1]['warp_AB'], exact) <= BF16_ERROR_FACTOR * max(
-        _scaled_error(out['bf16'][0]['warp_AB'], exact), 1e-3)
+    model = _model('bf16').cuda()
+    fp32 = _model('fp32', model.state_dict()).cuda()
+    exact = fp32.match_features(fp32.encode(images[0]), fp32.encode(images[1]))['warp_AB']
+    eager = model.match_features(model.encode(images[0]), model.encode(images[1]))['warp_AB']
+    compile_model(model, 'reduce-overhead')
+    warm_up(model, stream=True)
+    prev = model.encode(images[1])
+    model.encode(images[0] * 0.5)  # a CUDA graph replay that must not clobber prev
+    got = model.match_features(model.encode(images[0]), prev)['warp_AB']
+    assert _scaled_error(got, exact) <= BF16_ERROR_FACTOR * max(_scaled_error(eager, exact),
+                                                                1e-3)
     assert graph_break_count() == 0
