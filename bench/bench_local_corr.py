@@ -15,7 +15,8 @@ size / 8, batch 1 and 2) and the kernel is reported unavailable.
 Prints one JSON document (machine, torch, device, command, cases) on stdout and a one-line
 summary on stderr, as the other benchmarks.
 Usage: ``python bench/bench_local_corr.py [--small|--full] [--dtype fp32|bf16|fp16]
-[--repeats N] [--impls cuda,torch_kloop,materialise] [--json-out FILE]``
+[--repeats N] [--impls cuda,torch_kloop,materialise] [--layout channels_last|nchw]
+[--json-out FILE]``
 """
 import argparse
 import json
@@ -71,10 +72,13 @@ def make_impls():
     return impls, cuda_ext
 
 
-def inputs(B, C, H, W, dtype, device, seed=0):
+def inputs(B, C, H, W, dtype, device, seed=0, layout='channels_last'):
+    """Features in ``layout``: channels-last is what the refiners pass (their projected BHWC
+    features, permuted), read in place by the kernel and the K-loop."""
     g = torch.Generator().manual_seed(seed)
-    f_A = torch.randn(B, C, H, W, generator=g).to(device, dtype)
-    f_B = torch.randn(B, C, H, W, generator=g).to(device, dtype)
+    memory_format = torch.channels_last if layout == 'channels_last' else torch.contiguous_format
+    f_A, f_B = (torch.randn(B, C, H, W, generator=g).to(device, dtype)
+                .contiguous(memory_format=memory_format) for _ in range(2))
     # A smooth warp (identity plus a small deformation), partly outside the image.
     ys = torch.linspace(-1, 1, H)
     xs = torch.linspace(-1, 1, W)
@@ -126,6 +130,8 @@ def main(argv=None):
     ap.add_argument('--repeats', type=int, default=None, help='timed runs per case (median)')
     ap.add_argument('--batches', default=None, help='comma list (default 1,8; small: 1,2)')
     ap.add_argument('--impls', default='cuda,torch_kloop,materialise')
+    ap.add_argument('--layout', choices=['channels_last', 'nchw'], default='channels_last',
+                    help="the features' memory layout (the refiners': channels_last)")
     ap.add_argument('--json-out', default=None, help='also write the JSON here')
     args = ap.parse_args(argv)
 
@@ -150,10 +156,10 @@ def main(argv=None):
     for setting, side, stride, C, r in SHAPES:
         H = W = side // stride // (8 if small else 1)
         for B in batches:
-            f_A, f_B, warp = inputs(B, C, H, W, dtype, device)
+            f_A, f_B, warp = inputs(B, C, H, W, dtype, device, layout=args.layout)
             case = {'setting': setting, 'image': side, 'stride': stride, 'B': B, 'C': C,
                     'H': H, 'W': W, 'radius': r, 'K': (2 * r + 1) ** 2, 'dtype': args.dtype,
-                    'results': {}}
+                    'layout': args.layout, 'results': {}}
             ref = None
             for name in wanted:
                 if name not in impls:

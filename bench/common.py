@@ -14,6 +14,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -100,6 +101,16 @@ def build_side(side: str, setting: str, device: str, precision: str,
     return model, (no_autocast if official_fp32 else contextlib.nullcontext)
 
 
+def add_case_arguments(parser) -> None:
+    """The options that name one model case: setting, resolution, batch, direction, device."""
+    parser.add_argument('--setting', default='base', choices=['turbo', 'fast', 'base'])
+    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
+                        help='override H_lr W_lr')
+    parser.add_argument('--batch', type=int, default=1)
+    parser.add_argument('--bidirectional', action='store_true')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+
+
 def sync(device: str) -> None:
     if device.startswith('cuda'):
         torch.cuda.synchronize()
@@ -127,6 +138,76 @@ def peak_memory_mb(device: str) -> float:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
+
+
+#: Prefix of the lines a serving side writes for its controller.
+PROTOCOL = '@@side '
+
+
+class SideWorker:
+    """One side of a comparison in its own interpreter (its own peak memory), serving timed
+    calls one at a time (``script ... --serve``, see :func:`serve`), so that two sides can be
+    interleaved call by call and see the same machine load."""
+
+    def __init__(self, script: Path, args: list[str], env: Optional[dict] = None):
+        self._log = tempfile.TemporaryFile(mode='w+')
+        self._proc = subprocess.Popen([sys.executable, str(script), *args, '--serve'],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=self._log, text=True,
+                                      env=None if env is None else {**os.environ, **env})
+        self._command = f'{script.name} {" ".join(args)}'
+        self._reply('ready')
+
+    def _reply(self, expected: Optional[str] = None) -> str:
+        """The next protocol line (other output, e.g. a library's log lines, is skipped)."""
+        for line in self._proc.stdout:
+            if line.startswith(PROTOCOL):
+                reply = line[len(PROTOCOL):].strip()
+                if expected is None or reply == expected:
+                    return reply
+                break
+        self._proc.kill()
+        self._log.seek(0)
+        raise RuntimeError(f'{self._command} failed:\n{self._log.read()[-3000:]}')
+
+    def time_call(self) -> float:
+        self._proc.stdin.write('run\n')
+        self._proc.stdin.flush()
+        return float(self._reply())
+
+    def finish(self) -> dict:
+        self._proc.stdin.write('stop\n')
+        self._proc.stdin.flush()
+        result = json.loads(self._reply())
+        self._proc.wait()
+        return result
+
+
+def serve(call, device: str, summary) -> None:
+    """The worker side of :class:`SideWorker`: after the caller's warm-up, time ``call()`` on
+    each ``run`` line of stdin; on ``stop`` print ``summary(times)`` as one JSON line."""
+    print(f'{PROTOCOL}ready', flush=True)
+    times = []
+    for line in sys.stdin:
+        if line.strip() == 'stop':
+            break
+        times.extend(timed(call, device, repeats=1, warmup=0))
+        print(f'{PROTOCOL}{times[-1]}', flush=True)
+    print(f'{PROTOCOL}{json.dumps(summary(times))}', flush=True)
+
+
+def run_interleaved(script: Path, sides: dict[str, list[str]], rounds: int,
+                    env: Optional[dict[str, dict]] = None) -> dict:
+    """Start every side (one interpreter each, with its extra environment ``env[side]``), then
+    time them call by call, ``rounds`` times, alternating the order each round; returns each
+    side's summary."""
+    env = env or {}
+    workers = {name: SideWorker(script, args, env.get(name)) for name, args in sides.items()}
+    names = list(workers)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            workers[name].time_call()
+    return {name: worker.finish() for name, worker in workers.items()}
 
 
 def run_side(script: Path, args: list[str]) -> dict:

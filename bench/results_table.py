@@ -1,10 +1,11 @@
-"""Markdown tables of benchmark JSON files (bench_model / bench_stream / bench_node output).
+"""Markdown tables of benchmark JSON files (bench_model / bench_stream / bench_node /
+bench_compile output).
 
 The performance tables in the docs are generated from the saved JSON, never typed by hand:
 
     .venv/bin/python bench/results_table.py docs/bench-results/2026-11-28-xeon/*.json
 
-Prints one table per benchmark kind (model forward, stream, node overhead) with both sides,
+Prints one table per benchmark kind (model forward, stream, node overhead, compile) with both sides,
 the ratio ours / official, the machine and the command, sorted by machine, setting, batch and
 direction; files of other kinds are listed as skipped. Memory is the peak the benchmark
 recorded: the process's peak resident set on a CPU, the CUDA allocator's peak on a GPU.
@@ -61,6 +62,25 @@ def _node_row(r: dict) -> list[str]:
             _machine(r), f"`{r['command']}`"]
 
 
+def _compile_row(r: dict) -> list[str]:
+    cold, warm = r['cold'], r['warm']
+    what = (f"`{r['setting']}` {cold['H']}x{cold['W']}, batch {r['batch']}, {r['precision']}, "
+            f"mode {r['mode']}, {r['backend']}")
+    times = '; '.join(f"{'bidir' if c['bidirectional'] else 'uni'}: {c['warm_up_wall_s']:.0f} s "
+                      f"({c['warm_up_cpu_s']:.0f} s CPU) -> {w['warm_up_wall_s']:.0f} s "
+                      f"({w['warm_up_cpu_s']:.0f} s CPU)"
+                      for c, w in zip(cold['rows'], warm['rows']))
+    diffs = '; '.join(
+        f"{'bidir' if c['bidirectional'] else 'uni'}: " + ', '.join(
+            f"{k} {v:.1e}" for k, v in c['max_abs_diff_compiled_vs_eager'].items()
+            if k.startswith(('warp', 'overlap')))
+        for c in cold['rows'])
+    speed = '; '.join(f"{c['eager_s_per_batch']:.2f} / {c['compiled_s_per_batch']:.2f} s"
+                      for c in cold['rows'])
+    return [what, times, str(cold['graph_breaks']), diffs, speed, _machine(r),
+            f"`{r['command']}`"]
+
+
 KINDS = {
     'model_forward': ('Model forward', ['case', 'ours', 'official 2.0.1',
                                         'throughput / memory ours:official', 'machine',
@@ -72,6 +92,10 @@ KINDS = {
     'node_overhead': ('Node overhead', ['case', 'end-to-end latency (median)',
                                         'raw model (median)', 'overhead', 'machine', 'command'],
                       _node_row),
+    'compile': ('torch.compile', ['case', 'warm-up with compilation: cold -> after a restart',
+                                  'graph breaks', 'max abs(compiled - eager)',
+                                  'eager / compiled s per batch', 'machine', 'command'],
+                _compile_row),
 }
 
 

@@ -21,7 +21,9 @@ call of :func:`is_available` (or :func:`local_correlation`) resolves the extensi
    sub-folder per torch / CUDA version and GPU architecture; later runs reuse that build.
 
 ``ROMAV2_CUDA_EXT_DISABLE=1`` skips all of it (:func:`is_available` is then False). One line on
-the ``romav2_core`` logger says which path is active or why the kernel is unavailable.
+the ``romav2_core`` logger says which path is active or why the kernel is unavailable. Once the
+op is registered, :func:`fake_local_correlation` is registered as its fake (meta)
+implementation, so ``torch.compile`` traces through the op without running it.
 """
 import glob
 import json
@@ -29,7 +31,8 @@ import logging
 import os
 import threading
 
-__all__ = ['is_available', 'load_error', 'local_correlation', 'active_path', 'build_dir']
+__all__ = ['is_available', 'load_error', 'local_correlation', 'active_path', 'build_dir',
+           'fake_local_correlation', 'OP_QUALNAME', 'OP_SCHEMA']
 
 _LOG = logging.getLogger('romav2_core')
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,6 +40,9 @@ _SOURCES = ('local_corr.cpp', 'local_corr.cu')
 _BUILD_INFO = '_romav2_local_corr.json'  # written by setup.py's install-time build
 _OP_NAMESPACE = 'romav2_cuda_ext'
 _OP_NAME = 'local_correlation'
+#: The op's qualified name and schema (local_corr.cpp's TORCH_LIBRARY block defines it).
+OP_QUALNAME = '{}::{}'.format(_OP_NAMESPACE, _OP_NAME)
+OP_SCHEMA = 'local_correlation(Tensor f_A, Tensor f_B, Tensor warp, int radius) -> Tensor'
 
 _lock = threading.Lock()
 _resolved = False
@@ -111,8 +117,34 @@ def _prebuilt_mismatch(lib, torch):
     return None
 
 
+def fake_local_correlation(f_A, f_B, warp, radius):
+    """The op's output without computing it: fp32 ``[B, H, W, (2 radius + 1)^2]`` on f_A's
+    device (the fake implementation ``torch.compile`` and meta tensors use)."""
+    import torch
+    B, _, H, W = f_A.shape
+    return f_A.new_empty((B, H, W, (2 * radius + 1) ** 2), dtype=torch.float32)
+
+
+def _register_fake(torch):
+    """Register :func:`fake_local_correlation` for the (already defined) op, once."""
+    try:
+        torch.library.register_fake(OP_QUALNAME)(fake_local_correlation)
+    except RuntimeError as exc:  # a second load in this process: keep the first one
+        if 'already has' not in str(exc) and 'already registered' not in str(exc):
+            raise
+
+
 def _resolve():
     """Find or build the extension; returns (path, error), exactly one of them None."""
+    path, error = _find_or_build()
+    if error is None:
+        import torch
+        _register_fake(torch)
+    return path, error
+
+
+def _find_or_build():
+    """Load a registered, prebuilt or JIT-built op; returns (path, error)."""
     if os.environ.get('ROMAV2_CUDA_EXT_DISABLE', '') not in ('', '0'):
         return None, 'disabled by ROMAV2_CUDA_EXT_DISABLE={}'.format(
             os.environ['ROMAV2_CUDA_EXT_DISABLE'])
@@ -201,14 +233,14 @@ def active_path():
 def local_correlation(f_A, f_B, warp, radius):
     """Fused local correlation on CUDA tensors; returns fp32 ``[B, H, W, (2 radius + 1)^2]``.
 
-    f_A ``[B, C, H, W]`` and f_B ``[B, C, Hb, Wb]`` (float32, float16 or bfloat16, one dtype),
-    warp ``[B, H, W, 2]`` normalised (x, y) in [-1, 1]; non-contiguous features are made
-    contiguous first. Inference only: refuses inputs that require grad while grad mode is on.
-    Raises RuntimeError (with :func:`load_error`) when the kernel is unavailable.
+    f_A ``[B, C, H, W]`` and f_B ``[B, C, Hb, Wb]`` (float32, float16 or bfloat16, one dtype,
+    any strides: NCHW, channels-last and views are read in place), warp ``[B, H, W, 2]``
+    normalised (x, y) in [-1, 1]. Inference only: refuses inputs that require grad while grad
+    mode is on. Raises RuntimeError (with :func:`load_error`) when the kernel is unavailable.
     """
     if not is_available():
         raise RuntimeError('cuda_ext.local_correlation: the fused CUDA kernel is unavailable: '
                            '{}'.format(_error))
     import torch
     op = getattr(getattr(torch.ops, _OP_NAMESPACE), _OP_NAME)
-    return op(f_A.contiguous(), f_B.contiguous(), warp, int(radius))
+    return op(f_A, f_B, warp, int(radius))

@@ -3,14 +3,17 @@
 //   torch.ops.romav2_cuda_ext.local_correlation(Tensor f_A, Tensor f_B, Tensor warp, int radius)
 //       -> Tensor  (float32, [B, H, W, (2 radius + 1)^2])
 //
-// Only a CUDA implementation is registered. The op is inference only: it has no autograd
-// formula, and it refuses inputs that require grad while grad mode is on (run it under
-// torch.no_grad() / torch.inference_mode()). The CPU path is romav2_core/local_correlation.py.
+// Only a CUDA implementation is registered here; cuda_ext/__init__.py registers the fake (meta)
+// implementation that torch.compile traces with, right after loading this library. The op is
+// inference only: it has no autograd formula, and it refuses inputs that require grad while
+// grad mode is on (run it under torch.no_grad() / torch.inference_mode()). The CPU path is
+// romav2_core/local_correlation.py.
 #include <cuda_runtime_api.h>
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/GradMode.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -18,9 +21,9 @@
 #include <limits>
 
 namespace romav2_local_corr {
-cudaError_t launch_local_corr(int dtype, const void* f_a, const void* f_b, const float* warp,
-                              float* out, int B, int C, int H, int W, int Hb, int Wb,
-                              int radius, cudaStream_t stream);
+bool launch_local_corr(int dtype, const void* f_a, const int64_t* sa, const void* f_b,
+                       const int64_t* sb, const float* warp, float* out, int B, int C, int H,
+                       int W, int Hb, int Wb, int radius, cudaStream_t stream);
 }  // namespace romav2_local_corr
 
 namespace {
@@ -58,8 +61,7 @@ at::Tensor local_correlation_cuda(const at::Tensor& f_a, const at::Tensor& f_b,
                   !(f_a.requires_grad() || f_b.requires_grad() || warp.requires_grad()),
               "local_correlation: the CUDA kernel is inference only (no backward); call it "
               "under torch.no_grad() or torch.inference_mode()");
-  TORCH_CHECK(f_a.is_contiguous() && f_b.is_contiguous(),
-              "local_correlation: f_A and f_B must be contiguous (NCHW)");
+  // Any strides (NCHW, channels-last, views): the kernel reads through them, no copy.
   constexpr int64_t kIntMax = std::numeric_limits<int>::max();
   TORCH_CHECK(f_a.size(0) <= 65535, "local_correlation: batch must be <= 65535");
   TORCH_CHECK(f_a.size(1) <= kIntMax && f_a.size(2) * f_a.size(3) <= kIntMax &&
@@ -76,13 +78,15 @@ at::Tensor local_correlation_cuda(const at::Tensor& f_a, const at::Tensor& f_b,
   // The warp is tiny (B*H*W*2 values): a non-fp32 or strided one is converted; the features
   // never are.
   const at::Tensor w = warp.to(at::kFloat).contiguous();
-  const cudaError_t err = romav2_local_corr::launch_local_corr(
-      dtype, f_a.const_data_ptr(), f_b.const_data_ptr(), w.const_data_ptr<float>(),
+  const int64_t sa[4] = {f_a.stride(0), f_a.stride(1), f_a.stride(2), f_a.stride(3)};
+  const int64_t sb[4] = {f_b.stride(0), f_b.stride(1), f_b.stride(2), f_b.stride(3)};
+  const bool launched = romav2_local_corr::launch_local_corr(
+      dtype, f_a.const_data_ptr(), sa, f_b.const_data_ptr(), sb, w.const_data_ptr<float>(),
       out.mutable_data_ptr<float>(), static_cast<int>(B), static_cast<int>(C),
       static_cast<int>(H), static_cast<int>(W), static_cast<int>(Hb), static_cast<int>(Wb),
       static_cast<int>(radius), c10::cuda::getCurrentCUDAStream(f_a.device().index()).stream());
-  TORCH_CHECK(err == cudaSuccess, "local_correlation: kernel launch failed: ",
-              cudaGetErrorString(err));
+  TORCH_CHECK(launched, "local_correlation: no kernel for dtype code ", dtype);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 

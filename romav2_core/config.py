@@ -45,19 +45,26 @@ PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 #: Implementations of the refiners' local correlation (see ``local_correlation.py``).
 LOCAL_CORR_IMPLS = ('auto', 'cuda', 'torch')
 
+#: ``torch.compile`` modes (the node's ``compile`` parameter; see ``compile.py``): ``off`` runs
+#: eagerly; the others are ``torch.compile``'s ``mode`` (``default`` = its default).
+COMPILE_MODES = ('off', 'default', 'max-autotune', 'reduce-overhead')
+
+#: The fields a settings preset sets; every other field is kept by ``apply_setting``.
+PRESET_FIELDS = ('setting', 'H_lr', 'W_lr', 'H_hr', 'W_hr', 'bidirectional', 'threshold')
+
 #: The model's spatial granularity: DINOv3 patches are 16 px and the refiners need
 #: resolutions divisible by 16 (stride-4 features of a 16-px patch grid).
 RESOLUTION_MULTIPLE = 16
 
 
 def resolve_precision(precision: str, device='cpu') -> str:
-    """One of ``PRECISIONS`` with ``auto`` replaced by what it means on ``device``: bf16 where
-    the device has native bf16 math, else fp32."""
-    from romav2_core.precision import fast_bf16
+    """One of ``PRECISIONS`` with ``auto`` replaced by what it means on the configured
+    ``device``: bf16 where it has native bf16 math, else fp32 (table: ``precision.py``)."""
+    from romav2_core import precision as precision_policy
     if precision not in PRECISIONS:
         raise ValueError(f'precision={precision!r}: one of {PRECISIONS}')
     if precision == 'auto':
-        return 'bf16' if fast_bf16(device) else 'fp32'
+        return 'bf16' if precision_policy.fast_bf16(device) else 'fp32'
     return precision
 
 
@@ -104,6 +111,18 @@ class RoMaV2Config:
     #: relative); 1.12x faster per fp32 ``base`` pair on a 2-core Xeon CPU, where oneDNN's NHWC
     #: convolutions of these shapes are 1.5-5x faster than NCHW.
     channels_last: bool = True
+    #: On the CPU, a batch of more pairs is run this many pairs at a time (0: all at once;
+    #: ``encode`` takes twice as many images). 2-core Xeon, ``base`` 640², batch 8: x1.6
+    #: throughput at 1, because batches of one pair keep most activations below glibc's 32 MB
+    #: mmap threshold (a larger tensor is page-faulted in afresh on every allocation: 19 GB of
+    #: zero-filled pages per forward at batch 2) and in cache. Each pair's result is then the
+    #: one it gets alone; under bf16 autocast that is a different matmul blocking (the rounding
+    #: effect of ``batch_pair``) than one big batch, in fp32 only summation order. Ignored on GPUs,
+    #: whose throughput needs the big batch.
+    cpu_max_pairs: int = 1
+    #: ``torch.compile`` of the backbone, VGG, matcher and refiners (one of ``COMPILE_MODES``);
+    #: applied by ``compile.compile_model`` (``from_pretrained``/``from_random`` call it).
+    compile: str = 'off'
 
     def __post_init__(self):
         for name in ('H_lr', 'W_lr', 'H_hr', 'W_hr'):
@@ -117,6 +136,10 @@ class RoMaV2Config:
             raise ValueError(f'amp_dtype={self.amp_dtype!r}: one of {sorted(AMP_DTYPES)}')
         if self.local_corr not in LOCAL_CORR_IMPLS:
             raise ValueError(f'local_corr={self.local_corr!r}: one of {LOCAL_CORR_IMPLS}')
+        if not isinstance(self.cpu_max_pairs, int) or self.cpu_max_pairs < 0:
+            raise ValueError(f'cpu_max_pairs={self.cpu_max_pairs!r}: an int >= 0')
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f'compile={self.compile!r}: one of {COMPILE_MODES}')
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f'threshold={self.threshold!r}: must be in [0, 1] or None')
 
@@ -129,6 +152,13 @@ class RoMaV2Config:
 
     def replace(self, **changes) -> 'RoMaV2Config':
         return dataclasses.replace(self, **changes)
+
+    def with_setting(self, setting: str) -> 'RoMaV2Config':
+        """The preset ``setting`` with every non-preset field (precision, speed switches,
+        compile mode, ...) of this config kept."""
+        kept = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in PRESET_FIELDS}
+        return RoMaV2Config.from_setting(setting, **kept)
 
     @property
     def torch_amp_dtype(self) -> torch.dtype:

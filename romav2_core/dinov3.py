@@ -72,7 +72,8 @@ class DINOv3ViTL16(nn.Module):
         return 1 + self.n_storage_tokens
 
     def forward(self, images: Tensor, layers: Sequence[int] = DEFAULT_LAYERS,
-                amp_dtype: Optional[torch.dtype] = None, stop_early: bool = True) -> list[Tensor]:
+                amp_dtype: Optional[torch.dtype] = None, stop_early: bool = True,
+                normalized: bool = False) -> list[Tensor]:
         """Tapped features of RGB ``images`` ``[B x 3 x H x W]`` in [0, 1] (H, W multiples of 16).
 
         Returns one ``[B x H/16 x W/16 x 1024]`` tensor per entry of ``layers`` (0-based block
@@ -83,13 +84,16 @@ class DINOv3ViTL16(nn.Module):
         rules (bf16 on CPU, where LayerNorm is not promoted). ``amp_dtype=None``: autocast
         disabled (fp32 module, fp32 compute).
         ``stop_early`` skips the blocks after the last tapped one (identical outputs).
+        ``normalized``: ``images`` are already ImageNet-normalised fp32 (``RoMaV2`` normalises
+        once for both encoders; the same fp32 values the normalisation here would give).
         """
         B, C, H, W = images.shape
         if C != 3 or H % self.patch_size or W % self.patch_size:
             raise ValueError(f'images must be [B x 3 x H x W] with H, W multiples of '
                              f'{self.patch_size}, got {tuple(images.shape)}')
         with autocast_region(images.device.type, amp_dtype):
-            tokens = self._tapped_tokens(imagenet_normalize(images), layers, stop_early)
+            x = images if normalized else imagenet_normalize(images)
+            tokens = self._tapped_tokens(x, layers, stop_early)
         h, w = H // self.patch_size, W // self.patch_size
         return [t.reshape(B, h, w, -1) for t in tokens]
 

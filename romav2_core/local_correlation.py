@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from romav2_core.constants import size_constant
+
 logger = logging.getLogger('romav2_core')
 
 #: Accepted values of ``impl`` (same as ``config.LOCAL_CORR_IMPLS``).
@@ -80,10 +82,13 @@ def local_correlation(f_A: Tensor, f_B: Tensor, warp: Tensor, radius: int,
         warp: ``[B x H x W x 2]`` normalised (x, y) coordinates in B of each A pixel.
         radius: window radius r in feature pixels (K = (2r+1)^2).
         impl: ``'auto'``, ``'cuda'`` (fused kernel) or ``'torch'`` (see :func:`resolve_impl`).
+            Inside ``torch.compile`` it must be the resolved path, ``'cuda'`` or ``'torch'``
+            (``RoMaV2`` resolves it eagerly, before calling compiled parts).
 
     Returns:
         ``[B x K x H x W]`` float32, scaled by ``1 / sqrt(C)``. The ``'cuda'`` result is a
-        permuted view of the kernel's ``[B x H x W x K]`` output.
+        permuted view of the kernel's ``[B x H x W x K]`` output. Features of any layout
+        (channels-last included) are read in place by both paths.
     """
     B, C, H, W = f_A.shape
     if f_B.dim() != 4 or f_B.shape[:2] != (B, C):
@@ -92,9 +97,18 @@ def local_correlation(f_A: Tensor, f_B: Tensor, warp: Tensor, radius: int,
     if warp.shape != (B, H, W, 2):
         raise ValueError(f'warp must be [B x H x W x 2] = [{B} x {H} x {W} x 2], '
                          f'got {tuple(warp.shape)}')
-    if resolve_impl(impl, f_A.device) == 'cuda':
-        import romav2_cuda_ext as cuda_ext  # lazy: loading the kernel is only worth it on CUDA
-        return cuda_ext.local_correlation(f_A, f_B, warp, radius).permute(0, 3, 1, 2)
+    if torch.compiler.is_compiling():
+        if impl not in ('cuda', 'torch'):
+            raise ValueError(f"local correlation impl {impl!r} under torch.compile: resolve it "
+                             f"first (resolve_impl), to 'cuda' or 'torch'")
+        path = impl
+    else:
+        path = resolve_impl(impl, f_A.device)
+    if path == 'cuda':
+        # Registered by cuda_ext (loaded by resolve_impl), with a fake implementation so that
+        # torch.compile traces it; it reads f_A and f_B in whatever layout they have.
+        return torch.ops.romav2_cuda_ext.local_correlation(f_A, f_B, warp, radius).permute(
+            0, 3, 1, 2)
     return _torch_local_correlation(f_A, f_B, warp, radius)
 
 
@@ -105,7 +119,8 @@ def _torch_local_correlation(f_A: Tensor, f_B: Tensor, warp: Tensor, radius: int
     product with ``f_A``), instead of the official fallback's K·C·H·W window tensor.
     """
     B, C, H, W = f_A.shape
-    offsets = window_offsets(radius, H, W, device=f_A.device)
+    offsets = size_constant('window_offsets', lambda: window_offsets(radius, H, W, f_A.device),
+                            radius, H, W, f_A.device)
     # Same association as the reference: (f_A / sqrt(C)) * sample, summed over channels, fp32.
     f_A = f_A.float() / (C ** 0.5)
     f_B = f_B.float()

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from romav2_core.dpt import DPTHead
-from romav2_core.geometry import normalized_grid
+from romav2_core.constants import pixel_grid
 from romav2_core.precision import autocast_region
 from romav2_core.rope import RopeEmbedding
 from romav2_core.vit import Block
@@ -134,7 +134,7 @@ class CoarseMatcher(nn.Module):
     def fourier_grid(self, B: int, h: int, w: int, device=None) -> Tensor:
         """Random Fourier embedding of the normalised token-centre grid, ``[B x h x w x 1024]``
         fp32: ``cat(sin(grid @ (scale omega)^T), cos(...))``."""
-        grid = normalized_grid(B, h, w, device=device).reshape(B, h * w, 2)
+        grid = pixel_grid(B, h, w, device).reshape(B, h * w, 2)
         with autocast_region(grid.device.type, None):
             x_emb = nn.functional.linear(grid, self.scale * self.omega).reshape(B, h, w, -1)
             return torch.cat((x_emb.sin(), x_emb.cos()), dim=-1)

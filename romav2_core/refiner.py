@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from romav2_core.constants import pixel_grid, size_constant
 from romav2_core.conv_bn import conv_bn
-from romav2_core.geometry import normalized_grid
 from romav2_core.local_correlation import local_correlation
 from romav2_core.precision import autocast_region
 
@@ -59,9 +59,18 @@ REFINER_SPECS = {
 
 
 def displacement_scale_factor(H_img: int, W_img: int, device=None) -> Tensor:
-    """``scale_factor`` ``[2]`` = (W_img / 512, H_img / 512), fp32, of the stage's image."""
-    return torch.tensor((W_img / ANCHOR_SIZE, H_img / ANCHOR_SIZE), dtype=torch.float32,
-                        device=device)
+    """``scale_factor`` ``[2]`` = (W_img / 512, H_img / 512), fp32, of the stage's image (a
+    shared, cached tensor: do not modify it)."""
+    device = torch.device('cpu' if device is None else device)
+    return size_constant('displacement_scale', lambda: torch.tensor(
+        (W_img / ANCHOR_SIZE, H_img / ANCHOR_SIZE), dtype=torch.float32, device=device),
+        H_img, W_img, device)
+
+
+def _warp_step(H: int, W: int, device: torch.device) -> Tensor:
+    """``[2]`` = (REFINE_INIT W, REFINE_INIT H): the warp head's output divisor."""
+    return size_constant('warp_step', lambda: torch.tensor(
+        (REFINE_INIT * W, REFINE_INIT * H), dtype=torch.float32, device=device), H, W, device)
 
 
 def pad_confidence(confidence: Tensor) -> Tensor:
@@ -94,7 +103,9 @@ class RefinerBlock(nn.Module):
         self.conv_pointwise = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv_pointwise(F.relu(conv_bn(x, self.conv_depthwise, self.norm)))
+        # In place: the ReLU overwrites only the fresh BatchNorm output.
+        return self.conv_pointwise(F.relu(conv_bn(x, self.conv_depthwise, self.norm),
+                                          inplace=True))
 
 
 class ConvRefiner(nn.Module):
@@ -161,7 +172,7 @@ class ConvRefiner(nn.Module):
                              align_corners=False)
         # The embedding sees the displacement in units of the 512-px anchor image, so the same
         # pixel displacement gives the same input whatever the stage's resolution.
-        displacement = (prev_warp - normalized_grid(B, H, W, device=device)).permute(0, 3, 1, 2)
+        displacement = (prev_warp - pixel_grid(B, H, W, device)).permute(0, 3, 1, 2)
         emb = self.disp_emb(scale[None, :, None, None] * displacement)
         parts = [f_A, f_BA, emb]
         if self.spec.corr_radius is not None:
@@ -175,8 +186,7 @@ class ConvRefiner(nn.Module):
         delta_warp = self.warp_head(z).permute(0, 2, 3, 1)
         c = self.confidence_head(z).permute(0, 2, 3, 1)
         # Δ / (4 W) in normalised units (a feature pixel spans 2 / W) = Δ / 8 feature pixels.
-        warp = prev_warp + delta_warp / torch.tensor(
-            (REFINE_INIT * W, REFINE_INIT * H), dtype=torch.float32, device=device)
+        warp = prev_warp + delta_warp / _warp_step(H, W, device)
         # Precision increment P = L Lᵀ with L = [[l00, 0], [l10, l11]], positive definite.
         l00 = F.softplus(c[..., 1]) + CHOL_EPS
         l10 = c[..., 2]

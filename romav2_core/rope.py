@@ -23,6 +23,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from romav2_core.constants import size_constant
+
 
 class RopeEmbedding(nn.Module):
     """Sin/cos tables of the 2-D RoPE for an ``H x W`` patch grid.
@@ -47,15 +49,23 @@ class RopeEmbedding(nn.Module):
         DINOv3 uses fp32 (from its bf16 ``periods``); the official mv-ViT uses bf16 throughout
         (coordinates, angles and sin/cos are all rounded to bf16).
         """
-        dd = dict(device=self.periods.device, dtype=dtype)
-        coords_h = torch.arange(0.5, H, **dd) / H
-        coords_w = torch.arange(0.5, W, **dd) / W
-        coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing='ij'), dim=-1)
-        coords = 2.0 * coords.flatten(0, 1) - 1.0  # [HW x 2], (row, column)
+        coords = size_constant('rope_coords', lambda: patch_coords(H, W, self.periods.device,
+                                                                  dtype),
+                               H, W, self.periods.device, dtype)
         # (2 pi) * coords first, then / periods: the reference's order (matters in bf16).
         angles = 2 * math.pi * coords[:, :, None] / self.periods.to(dtype)[None, None, :]
         angles = angles.flatten(1, 2).tile(2)  # [HW x D_head]
         return torch.sin(angles), torch.cos(angles)
+
+
+def patch_coords(H: int, W: int, device, dtype: torch.dtype) -> Tensor:
+    """Patch-centre coordinates ``[H*W x 2]`` (row, column) in [-1, 1], computed in ``dtype``
+    (size-only, so ``RopeEmbedding`` caches them; the angles depend on the loaded periods)."""
+    dd = dict(device=device, dtype=dtype)
+    coords_h = torch.arange(0.5, H, **dd) / H
+    coords_w = torch.arange(0.5, W, **dd) / W
+    coords = torch.stack(torch.meshgrid(coords_h, coords_w, indexing='ij'), dim=-1)
+    return 2.0 * coords.flatten(0, 1) - 1.0
 
 
 def rotate_half(x: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from romav2_core.conv_bn import conv_bn
-from romav2_core.normalization import imagenet_mean_std, imagenet_normalize
+from romav2_core.normalization import imagenet_normalize
 from romav2_core.precision import autocast_region
 
 #: Conv widths per stage; a 2x2 max-pool separates consecutive stages.
@@ -47,17 +47,15 @@ class VGG19BNFeatures(nn.Module):
                            nn.ReLU(inplace=True)]
                 in_ch = ch
         self.layers = nn.ModuleList(layers)
-        # ImageNet statistics as buffers (they follow .to(device), no per-call upload).
-        # Constants, not weights: non-persistent, so the state_dict stays the checkpoint's.
-        mean, std = imagenet_mean_std()
-        self.register_buffer('mean', mean, persistent=False)
-        self.register_buffer('std', std, persistent=False)
 
-    def forward(self, images: Tensor, amp_dtype: torch.dtype | None = None) -> dict[int, Tensor]:
+    def forward(self, images: Tensor, amp_dtype: torch.dtype | None = None,
+                normalized: bool = False) -> dict[int, Tensor]:
         """Fine features at strides 1, 2 and 4.
 
         Args:
-            images: ``[B x 3 x H x W]`` fp32 RGB in [0, 1]; H and W divisible by 4.
+            images: ``[B x 3 x H x W]`` fp32 RGB in [0, 1]; H and W divisible by 4. With
+                ``normalized``, already ImageNet-normalised (``RoMaV2`` normalises once for
+                both encoders).
             amp_dtype: autocast dtype for the conv stack; None computes in fp32. The official
                 hard-codes ``torch.autocast("cuda", torch.bfloat16)``, which is bf16 on CUDA and
                 has no effect on CPU: to reproduce it, the model composition passes
@@ -71,7 +69,7 @@ class VGG19BNFeatures(nn.Module):
             consumers cast with ``.float()`` as the official refiners do.
         """
         # Normalisation stays in fp32, outside autocast, as in the official.
-        x = imagenet_normalize(images, self.mean, self.std)
+        x = images if normalized else imagenet_normalize(images)
         feats = {}
         stride = 1
         with autocast_region(images.device.type, amp_dtype):

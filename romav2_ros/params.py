@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from romav2_core.capacity import check_fits
-from romav2_core.config import LOCAL_CORR_IMPLS, PRECISIONS, SETTINGS, RoMaV2Config
+from romav2_core.config import (COMPILE_MODES, LOCAL_CORR_IMPLS, PRECISIONS, SETTINGS,
+                                RoMaV2Config)
 from romav2_ros.image_conversion import MAX_IMAGE_PIXELS
 from romav2_ros.pipeline import MODES, OUTPUTS, PipelineConfig
 
@@ -54,6 +55,8 @@ PARAMS: tuple[Param, ...] = (
                                'bf16 math, else fp32', choices=PRECISIONS),
     Param('local_corr', 'auto', 'refiner local correlation implementation',
           choices=LOCAL_CORR_IMPLS),
+    Param('compile', 'off', 'torch.compile mode of the model (compiled at warm-up on the '
+                            'worker thread; cached on disk for restarts)', choices=COMPILE_MODES),
     Param('device', 'auto', 'torch device: auto (cuda if available), cpu, cuda, cuda:N'),
     Param('weights', '', 'path of the RoMa v2 checkpoint; empty = official download cache'),
     Param('model_source', 'pretrained', 'pretrained, random (seeded random weights), a '
@@ -210,7 +213,7 @@ def model_config(values: dict) -> RoMaV2Config:
     # B -> A only when asked: no output uses it (the presets' bidirectional flag is ignored).
     overrides['bidirectional'] = values['bidirectional']
     cfg = RoMaV2Config.from_setting(values['setting'], local_corr=values['local_corr'],
-                                    **overrides)
+                                    compile=values['compile'], **overrides)
     device = resolve_device(values['device'])
     check_fits(cfg.H_lr, cfg.W_lr, device)
     return cfg.with_precision(values['precision'], device)

@@ -124,3 +124,64 @@ def test_results_table_renders_every_saved_result():
                        for line in out.splitlines()), (path, ratio)
             rendered += 1
     assert rendered
+
+
+def test_bench_compile_smoke():
+    """Cold and restart phases in two processes sharing one cache folder; aot_eager (no code
+    generation) keeps it CI-sized. The restart gives the cold run's outputs, no graph break."""
+    r = run('bench/bench_compile.py', '--smoke', '--bidirectional', 'uni')
+    assert r['benchmark'] == 'compile' and r['backend'] == 'aot_eager'
+    cold, warm = r['cold'], r['warm']
+    assert cold['graph_breaks'] == 0 and warm['graph_breaks'] == 0
+    [row] = cold['rows']
+    assert row['warm_up_wall_s'] > 0 and row['eager_s_per_batch'] > 0
+    assert set(row['max_abs_diff_compiled_vs_eager']) == {'warp_AB', 'overlap_AB',
+                                                          'precision_AB'}
+    assert warm['rows'][0]['same_outputs_as_cold'] is True
+
+
+def test_profile_model_smoke():
+    r = run('bench/profile_model.py', '--smoke')
+    assert r['benchmark'] == 'profile' and r['forward_seconds'] > 0
+    assert {'dinov3', 'vgg', 'mv_vit', 'dpt_head', 'refiner_4', 'local_correlation'} <= set(
+        r['components_seconds'])
+    assert r['ops'] and all(0 <= op['fraction'] <= 1 for op in r['ops'])
+
+
+@pytest.mark.ros
+def test_gpu_check_smoke(tmp_path, ros_env_guard):
+    """scripts/gpu_check.sh --smoke: every step of the GPU acceptance script at toy sizes on
+    the CPU, its JSON files and the one-screen summary."""
+    out = subprocess.run(['bash', str(ROOT / 'scripts/gpu_check.sh'), '--smoke', '--out',
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    if torch.cuda.is_available():
+        assert out.returncode == 2 and 'run the full' in out.stderr
+        return
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    steps = [line.split('\t') for line in (tmp_path / 'steps.tsv').read_text().splitlines()]
+    assert [s[0] for s in steps] == ['gpu_tests', 'local_corr', 'model_base', 'model_turbo',
+                                     'stream', 'node'] and all(s[1] == '0' for s in steps)
+    for name in ('local_corr.json', 'model_base_b8.json', 'model_turbo_b8.json',
+                 'stream_base.json', 'node_turbo.json'):
+        json.loads((tmp_path / name).read_text())
+    summary = (tmp_path / 'summary.txt').read_text()
+    assert 'gpu tests:' in summary and 'kernel benchmark' in summary and 'node:' in summary
+    assert 'missing' not in summary.replace('compile_*.json: missing', '')
+    assert summary.strip() in out.stdout
+
+
+def test_gpu_check_refuses_the_full_run_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a GPU')
+    out = subprocess.run(['bash', str(ROOT / 'scripts/gpu_check.sh')], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and '--smoke' in out.stderr
+
+
+def test_bench_revisions_smoke():
+    """HEAD (exported by git archive) against the working tree, interleaved."""
+    r = run('bench/bench_revisions.py', '--smoke')
+    assert r['benchmark'] == 'revisions' and len(r['base_commit']) == 40
+    assert r['base']['romav2_core'] != r['worktree']['romav2_core']
+    assert r['worktree']['romav2_core'] == str(ROOT / 'romav2_core')
+    assert r['speedup_worktree_over_base'] > 0 and len(r['speedup_per_round']) == 1

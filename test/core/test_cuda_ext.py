@@ -133,27 +133,31 @@ def test_binding_compiles_with_torch_headers(tmp_path):
 HARNESS = r'''
 #include "local_corr.cu"
 // Runs the kernel's per-output function corr_one() over every (b, pixel, k) on the host,
-// in the order of the kernel's threads and with the kernel's batch offsets.
+// in the order of the kernel's threads and with the kernel's batch offsets and strides.
 template <typename T>
-static void run(const T* fa, const T* fb, const float* warp, float* out, int B, int C, int H,
-                int W, int Hb, int Wb, int r) {
+static void run(const T* fa, const int64_t* sa, const T* fb, const int64_t* sb,
+                const float* warp, float* out, int B, int C, int H, int W, int Hb, int Wb,
+                int r) {
+  using romav2_local_corr::Strides;
   const int K = (2 * r + 1) * (2 * r + 1);
   const int64_t HW = static_cast<int64_t>(H) * W;
   for (int b = 0; b < B; ++b)
     for (int k = 0; k < K; ++k)
       for (int64_t pix = 0; pix < HW; ++pix)
         out[(b * HW + pix) * K + k] = romav2_local_corr::corr_one<T>(
-            fa + static_cast<int64_t>(b) * C * HW, fb + static_cast<int64_t>(b) * C * Hb * Wb,
-            warp + b * HW * 2, C, H, W, Hb, Wb, r, pix, k);
+            fa + b * sa[0], Strides{sa[1], sa[2], sa[3]}, fb + b * sb[0],
+            Strides{sb[1], sb[2], sb[3]}, warp + b * HW * 2, C, H, W, Hb, Wb, r, pix, k);
 }
-extern "C" void host_local_corr(int dtype, const void* fa, const void* fb, const float* warp,
-                                float* out, int B, int C, int H, int W, int Hb, int Wb, int r) {
-  if (dtype == 0) run(static_cast<const float*>(fa), static_cast<const float*>(fb), warp, out,
-                      B, C, H, W, Hb, Wb, r);
-  if (dtype == 1) run(static_cast<const __half*>(fa), static_cast<const __half*>(fb), warp, out,
-                      B, C, H, W, Hb, Wb, r);
-  if (dtype == 2) run(static_cast<const __nv_bfloat16*>(fa),
-                      static_cast<const __nv_bfloat16*>(fb), warp, out, B, C, H, W, Hb, Wb, r);
+extern "C" void host_local_corr(int dtype, const void* fa, const int64_t* sa, const void* fb,
+                                const int64_t* sb, const float* warp, float* out, int B, int C,
+                                int H, int W, int Hb, int Wb, int r) {
+  if (dtype == 0) run(static_cast<const float*>(fa), sa, static_cast<const float*>(fb), sb,
+                      warp, out, B, C, H, W, Hb, Wb, r);
+  if (dtype == 1) run(static_cast<const __half*>(fa), sa, static_cast<const __half*>(fb), sb,
+                      warp, out, B, C, H, W, Hb, Wb, r);
+  if (dtype == 2) run(static_cast<const __nv_bfloat16*>(fa), sa,
+                      static_cast<const __nv_bfloat16*>(fb), sb, warp, out, B, C, H, W, Hb,
+                      Wb, r);
 }
 '''
 
@@ -173,15 +177,16 @@ def host_kernel(tmp_path_factory):
     codes = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
     def call(f_A, f_B, warp, radius):
-        f_A, f_B = f_A.contiguous(), f_B.contiguous()
+        """The features are passed as they are (any strides), as the op does."""
         warp = warp.float().contiguous()
         B, C, H, W = f_A.shape
         Hb, Wb = f_B.shape[2:]
         out = torch.full((B, H, W, (2 * radius + 1) ** 2), float('nan'))
+        strides = [(ctypes.c_int64 * 4)(*t.stride()) for t in (f_A, f_B)]
         p = ctypes.c_void_p
-        so.host_local_corr(ctypes.c_int(codes[f_A.dtype]), p(f_A.data_ptr()), p(f_B.data_ptr()),
-                           p(warp.data_ptr()), p(out.data_ptr()), *map(ctypes.c_int, (
-                               B, C, H, W, Hb, Wb, radius)))
+        so.host_local_corr(ctypes.c_int(codes[f_A.dtype]), p(f_A.data_ptr()), strides[0],
+                           p(f_B.data_ptr()), strides[1], p(warp.data_ptr()), p(out.data_ptr()),
+                           *map(ctypes.c_int, (B, C, H, W, Hb, Wb, radius)))
         return out
     return call
 
@@ -208,6 +213,21 @@ def test_host_kernel_low_precision(host_kernel, dtype):
                                atol=1e-5, rtol=1e-5)
 
 
+def test_host_kernel_reads_any_layout_in_place(host_kernel):
+    """Channels-last features (the refiners' projected BHWC tensors, permuted) and strided views
+    give the NCHW result: the kernel follows the strides, nothing is copied."""
+    B, C, H, W, Hb, Wb, r = CASES[1]
+    f_A, f_B, warp = random_inputs(B, C, H, W, Hb, Wb, seed=5)
+    expected = host_kernel(f_A, f_B, warp, r)
+    cl = [t.contiguous(memory_format=torch.channels_last) for t in (f_A, f_B)]
+    assert not cl[0].is_contiguous()
+    torch.testing.assert_close(host_kernel(*cl, warp, r), expected, atol=1e-6, rtol=1e-6)
+    wide = torch.randn(B, 2 * C, H, W + 3)  # a channel slice of a wider, padded tensor
+    wide[:, ::2, :, :W] = f_A
+    torch.testing.assert_close(host_kernel(wide[:, ::2, :, :W], f_B, warp, r), expected,
+                               atol=1e-6, rtol=1e-6)
+
+
 def test_host_kernel_matches_official(host_kernel):
     """Against the official 2.0.1 fallback (``native_torch_local_corr``), [B, K, H, W]."""
     from official_oracle import import_official
@@ -228,6 +248,65 @@ def test_host_kernel_matches_torch_path(host_kernel):
         f_A, f_B, warp = random_inputs(B, C, H, W, Hb, Wb, seed=3)
         ref = local_correlation(f_A, f_B, warp, r, impl='torch').permute(0, 2, 3, 1)
         torch.testing.assert_close(host_kernel(f_A, f_B, warp, r), ref, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------- torch.compile: the fake implementation
+def test_op_schema_is_the_bindings():
+    """cuda_ext.OP_SCHEMA (used to define a stand-in op below) is local_corr.cpp's m.def."""
+    defined = re.findall(r'm\.def\("([^"]+)"\)', CPP.read_text())
+    assert defined == [cuda_ext.OP_SCHEMA]
+    assert cuda_ext.OP_QUALNAME == 'romav2_cuda_ext::local_correlation'
+
+
+FAKE_TRACE = r'''
+import sys, torch
+import cuda_ext
+from romav2_core.local_correlation import local_correlation
+from romav2_core.refiner import ConvRefiner, REFINER_SPECS
+# Stand-in for the CUDA library on a CPU machine: the binding's schema, a CPU kernel (the
+# PyTorch path in the kernel's [B, H, W, K] layout) and cuda_ext's own fake registration.
+lib = torch.library.Library('romav2_cuda_ext', 'DEF')
+lib.define(cuda_ext.OP_SCHEMA)
+calls = []
+def cpu_kernel(f_A, f_B, warp, radius):
+    calls.append(tuple(f_A.stride()))
+    return local_correlation(f_A, f_B, warp, radius, impl='torch').permute(0, 2, 3, 1).contiguous()
+lib.impl('local_correlation', cpu_kernel, 'CPU')
+cuda_ext._register_fake(torch)
+cuda_ext._register_fake(torch)  # a second load in the process is harmless
+with torch._subclasses.fake_tensor.FakeTensorMode():
+    out = torch.ops.romav2_cuda_ext.local_correlation(
+        torch.empty(2, 8, 5, 7), torch.empty(2, 8, 6, 4), torch.empty(2, 5, 7, 2), 2)
+    assert out.shape == (2, 5, 7, 25) and out.dtype == torch.float32, out
+torch.manual_seed(0)
+refiner = ConvRefiner(REFINER_SPECS[4]).eval().requires_grad_(False)
+g = torch.Generator().manual_seed(1)
+f_A, f_B = torch.randn(1, 12, 16, 256, generator=g), torch.randn(1, 12, 16, 256, generator=g)
+warp = torch.rand(1, 12, 16, 2, generator=g) * 2 - 1
+conf = torch.randn(1, 12, 16, 4, generator=g)
+scale = torch.tensor([0.5, 0.25])
+with torch.inference_mode():
+    eager = refiner(f_A, f_B, warp, conf, scale, local_corr_impl='torch')
+    compiled = torch.compile(refiner, fullgraph=True, dynamic=False, backend=sys.argv[1])
+    traced = compiled(f_A, f_B, warp, conf, scale, local_corr_impl='cuda')
+assert calls and all(s[1] == 1 for s in calls), calls  # channels-last features, no copy
+for a, b in zip(traced, eager):
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+from torch._dynamo.utils import counters
+assert not counters['graph_break'], counters['graph_break']
+print('ok')
+'''
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='defines a CPU stand-in for the op')
+def test_op_traces_under_torch_compile_through_its_fake():
+    """With a stand-in op of the binding's schema (a CPU kernel) and cuda_ext's fake
+    registration, a refiner on the 'cuda' path compiles with fullgraph=True (no graph break),
+    hands the kernel its channels-last features as they are, and equals the PyTorch path."""
+    proc = subprocess.run([sys.executable, '-c', FAKE_TRACE, 'aot_eager'], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, 'PYTHONPATH': str(REPO)})
+    assert proc.returncode == 0 and proc.stdout.strip().endswith('ok'), proc.stderr[-4000:]
 
 
 # ---------------------------------------------------------------------------- the loader

@@ -263,3 +263,101 @@ def test_from_pretrained_loads_a_checkpoint_file_strictly(model, tmp_path):
     with mock.patch.object(weights_io, 'default_cache_path', return_value=path), \
             warnings.catch_warnings():
         assert weights_io.resolve_weights(None) == path
+
+
+def test_uint8_images_equal_their_float_version(model):
+    """uint8 input (what a camera gives) is converted on the model's device to exactly the
+    float /255 image; other integer dtypes are refused."""
+    g = torch.Generator().manual_seed(12)
+    a, b = (torch.randint(0, 256, (1, 3, 70, 110), generator=g, dtype=torch.uint8)
+            for _ in range(2))
+    as_uint8 = model.match(a, b)
+    as_float = model.match(a.float() / 255, b.float() / 255)
+    for key in ('warp_AB', 'overlap_AB', 'precision_AB'):
+        assert torch.equal(as_uint8[key], as_float[key]), key
+    with pytest.raises(TypeError, match='uint8 or floating point'):
+        model.encode(a.to(torch.int32))
+
+
+def test_warm_forward_rebuilds_no_constant(model, monkeypatch):
+    """Grids, window offsets and scale vectors are built once per size and device: a second
+    forward creates no tensor from Python values (each would be a host-to-device copy on a GPU)
+    and no linspace/arange grid."""
+    a, b = _frames(2, seed=13)
+    model.bidirectional = True
+    try:
+        first = model.match(a, b)
+        made = []
+        for name in ('tensor', 'linspace', 'arange', 'meshgrid'):
+            real = getattr(torch, name)
+
+            def counting(*args, _real=real, _name=name, **kwargs):
+                made.append(_name)
+                return _real(*args, **kwargs)
+            monkeypatch.setattr(torch, name, counting)
+        second = model.match(a, b)
+    finally:
+        model.bidirectional = False
+    assert made == [], made
+    assert torch.equal(first['warp_AB'], second['warp_AB'])
+
+
+def test_size_constants_are_the_geometry_grid():
+    from romav2_core.constants import pixel_grid, size_constant
+    from romav2_core.geometry import normalized_grid
+    grid = pixel_grid(3, 5, 7)
+    assert torch.equal(grid, normalized_grid(3, 5, 7))
+    assert pixel_grid(1, 5, 7).data_ptr() == grid.data_ptr()  # one tensor, expanded per batch
+    built = []
+    value = size_constant('probe', lambda: built.append(1) or torch.ones(2), 'key')
+    assert size_constant('probe', lambda: built.append(1) or torch.ones(2), 'key') is value
+    assert built == [1] and not value.is_inference()
+    with torch.inference_mode():  # made outside inference mode even when asked inside it
+        assert not size_constant('probe', lambda: torch.ones(2), 'other key').is_inference()
+
+
+def test_package_exports_the_official_names():
+    import romav2_core
+    from romav2_core import ImageFeatures as Features, RoMaV2 as Model, RoMaV2Config as Config
+    assert Model is RoMaV2 and Config is RoMaV2Config
+    assert Features.__module__ == 'romav2_core.model'
+    assert {'RoMaV2', 'RoMaV2Config', 'ImageFeatures'} <= set(dir(romav2_core))
+    with pytest.raises(AttributeError):
+        romav2_core.NotAName  # noqa: B018
+
+
+def test_cpu_batches_run_one_pair_at_a_time(model):
+    """``cpu_max_pairs`` (1 by default) runs a batch pair by pair on the CPU: each pair's
+    result is exactly the one it gets alone, and equals one big batch to fp32 summation order
+    (1e-5); every entry point (match, forward, encode, match_features) splits and rejoins."""
+    g = torch.Generator().manual_seed(14)
+    a, b = (torch.rand(3, 3, 70, 110, generator=g) for _ in range(2))
+    assert model.cfg.cpu_max_pairs == 1
+    chunked = model.match(a, b)
+    alone = model.match(a[2:], b[2:])
+    for key in ('warp_AB', 'overlap_AB', 'precision_AB'):
+        assert torch.equal(chunked[key][2:], alone[key]), key
+    lr = [torch.nn.functional.interpolate(x, size=LR, mode='bilinear') for x in (a, b)]
+    preds = model(*lr)
+    feats = model.encode(torch.cat((a, b)))
+    cached = model.match_features(feats[:3], feats[3:])
+    model.cfg = model.cfg.replace(cpu_max_pairs=0)
+    try:
+        whole, whole_preds = model.match(a, b), model(*lr)
+        whole_feats = model.encode(torch.cat((a, b)))
+    finally:
+        model.cfg = model.cfg.replace(cpu_max_pairs=1)
+    for key in ('warp_AB', 'overlap_AB', 'precision_AB'):
+        torch.testing.assert_close(chunked[key], whole[key], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cached[key], whole[key], atol=1e-5, rtol=1e-5)
+    assert preds.keys() == whole_preds.keys() and preds['warp_BA'] is None
+    torch.testing.assert_close(preds['matcher']['attn_logits_AB'],
+                               whole_preds['matcher']['attn_logits_AB'], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(preds['refiner_1_AB']['warp'], whole_preds['refiner_1_AB']['warp'],
+                               atol=1e-5, rtol=1e-5)
+    assert feats.batch_size == 6 and feats.fine_hr is None
+    for got, want in zip(feats.coarse + list(feats.fine.values()),
+                         whole_feats.coarse + list(whole_feats.fine.values())):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match='cpu_max_pairs'):
+        RoMaV2Config(cpu_max_pairs=-1)
