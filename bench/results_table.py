@@ -1,14 +1,15 @@
 """Markdown tables of benchmark JSON files (bench_model / bench_stream / bench_node /
-bench_compile output).
+bench_compile / bench_presets / bench_replay output).
 
 The performance tables in the docs are generated from the saved JSON, never typed by hand:
 
     .venv/bin/python bench/results_table.py docs/bench-results/2026-11-28-xeon/*.json
 
-Prints one table per benchmark kind (model forward, stream, node overhead, compile) with both sides,
-the ratio ours / official, the machine and the command, sorted by machine, setting, batch and
-direction; files of other kinds are listed as skipped. Memory is the peak the benchmark
-recorded: the process's peak resident set on a CPU, the CUDA allocator's peak on a GPU.
+Prints one table per benchmark kind (model forward, stream, node overhead, compile, presets,
+replay batching) with both sides, the ratio ours / official, the machine and the command,
+sorted by machine, setting, batch and direction; files of other kinds are listed as skipped.
+Memory is the peak the benchmark recorded: the process's peak resident set on a CPU, the CUDA
+allocator's peak on a GPU.
 """
 from __future__ import annotations
 
@@ -81,6 +82,29 @@ def _compile_row(r: dict) -> list[str]:
             f"`{r['command']}`"]
 
 
+def _preset_rows(r: dict) -> list[list[str]]:
+    """One row per preset of a bench_presets run."""
+    W, H = r['image_size']
+    out = []
+    for p in r['rows']:
+        hr = f"{p['H_hr']}x{p['W_hr']}" if p['H_hr'] else 'none'
+        out.append([f"`{p['setting']}`", f"{p['H_lr']}x{p['W_lr']}", hr,
+                    f"{W}x{H}, one direction, {r['precision_resolved']}",
+                    f"{p['seconds_per_pair']:.2f} s ({p['pairs_per_second']:.2f} pairs/s)",
+                    f"{p['peak_memory_mb'] / 1024:.2f} GB", _machine(r), f"`{r['command']}`"])
+    return out
+
+
+def _replay_rows(r: dict) -> list[list[str]]:
+    """One row per ``--batch`` value of a bench_replay run."""
+    W, H = r['image_size']
+    case = f"{r['mode']}, `{r['setting']}`, images {W}x{H}, {r['precision']}"
+    return [[case, str(run['batch']), f"{run['frames_per_s']:.3f} frames/s",
+             f"x{r['speedup_vs_batch_1'][str(run['batch'])]:.2f}",
+             f"{run.get('max_abs_diff_warp_px', 0.0):.1e} px", _machine(r), f"`{r['command']}`"]
+            for run in r['runs']]
+
+
 KINDS = {
     'model_forward': ('Model forward', ['case', 'ours', 'official 2.0.1',
                                         'throughput / memory ours:official', 'machine',
@@ -96,6 +120,12 @@ KINDS = {
                                   'graph breaks', 'max abs(compiled - eager)',
                                   'eager / compiled s per batch', 'machine', 'command'],
                 _compile_row),
+    'presets': ('Preset costs (ours, as the node runs it)',
+                ['setting', 'coarse', 'HR pass', 'case', 'time per pair', 'peak memory',
+                 'machine', 'command'], _preset_rows),
+    'replay_batch': ('`romav2-replay --batch N`',
+                     ['case', 'N', 'throughput', 'vs N = 1', 'max abs(warp - warp of N = 1)',
+                      'machine', 'command'], _replay_rows),
 }
 
 
@@ -114,7 +144,11 @@ def _order(r: dict) -> tuple:
 def tables(results: list[dict]) -> str:
     out = []
     for kind, (title, header, row) in KINDS.items():
-        rows = [row(r) for r in sorted(results, key=_order) if r.get('benchmark') == kind]
+        rows = []
+        for r in sorted(results, key=_order):
+            if r.get('benchmark') == kind:
+                cells = row(r)  # one row, or a list of rows (a run of several cases)
+                rows += cells if isinstance(cells[0], list) else [cells]
         if not rows:
             continue
         out += [f'**{title}**', '', '| ' + ' | '.join(header) + ' |',

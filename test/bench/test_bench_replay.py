@@ -22,3 +22,8 @@ def test_bench_replay_smoke():
     assert all(run['frames'] == 4 and run['frames_per_s'] > 0 for run in r['runs'])
     # fp32: batching changes only the summation order of the model's kernels
     assert r['runs'][1]['max_abs_diff_warp_px'] < 1e-2
+    table = subprocess.run([sys.executable, str(ROOT / 'bench/results_table.py'), '/dev/stdin'],
+                           input=out.stdout, capture_output=True, text=True, timeout=60,
+                           check=True).stdout
+    for run in r['runs']:
+        assert f"| {run['batch']} | {run['frames_per_s']:.3f} frames/s |" in table

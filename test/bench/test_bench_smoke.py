@@ -185,3 +185,19 @@ def test_bench_revisions_smoke():
     assert r['base']['romav2_core'] != r['worktree']['romav2_core']
     assert r['worktree']['romav2_core'] == str(ROOT / 'romav2_core')
     assert r['speedup_worktree_over_base'] > 0 and len(r['speedup_per_round']) == 1
+
+
+def test_bench_presets_smoke():
+    """One row per preset asked, built as the node builds it (one direction), and the table
+    generator prints each row with its time."""
+    r = run('bench/bench_presets.py', '--smoke')
+    assert r['benchmark'] == 'presets' and r['bidirectional'] is False
+    (row,) = r['rows']
+    assert row['setting'] == 'turbo' and (row['H_lr'], row['W_lr']) == (64, 64)
+    assert row['seconds_per_pair'] > 0 and row['peak_memory_mb'] > 0
+    assert row['H_hr'] is None
+    out = subprocess.run([sys.executable, str(ROOT / 'bench/results_table.py'), '/dev/stdin'],
+                         input=json.dumps(r), capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    assert f"| `turbo` | 64x64 | none | 640x480, one direction, {r['precision_resolved']} | " \
+           f"{row['seconds_per_pair']:.2f} s" in out
