@@ -4,8 +4,8 @@ Side ``base``: ``romav2_core`` and ``cuda_ext`` of git revision ``--base`` (expo
 ``git archive`` into a temporary folder, first on the import path); side ``worktree``: the
 working tree. Same seeded weights, setting and inputs; each side in its own interpreter, both
 warmed up, then their forwards alternate (the order flips every round), so a shared machine's
-load hits both alike. Prints JSON (both sides, the ratio of median times and every round's
-ratio) and a summary line.
+load hits both alike (``--sequential``: all of one side's rounds, then the other's). Prints
+JSON (both sides, the ratio of median times and every round's ratio) and a summary line.
 
     .venv/bin/python bench/bench_revisions.py --base a65628c --setting base --batch 1
     .venv/bin/python bench/bench_revisions.py --base HEAD~3 --precision fp32 --rounds 4
@@ -62,6 +62,8 @@ def main() -> None:
     common.add_case_arguments(p)
     p.add_argument('--precision', default='official', choices=['official', 'auto', 'fp32'])
     p.add_argument('--rounds', type=int, default=4)
+    p.add_argument('--sequential', action='store_true',
+                   help="one side's rounds after the other's (one model in memory at a time)")
     p.add_argument('--smoke', action='store_true', help='CI: 64x96, 1 round')
     p.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -77,8 +79,14 @@ def main() -> None:
         commit = export(args.base, folder)
         path = os.pathsep.join([folder, os.environ.get('PYTHONPATH', '')])
         script = Path(__file__)
-        sides = common.run_interleaved(script, {'base': forwarded, 'worktree': forwarded},
-                                       args.rounds, env={'base': {'PYTHONPATH': path}})
+        env = {'base': {'PYTHONPATH': path}}
+        if args.sequential:
+            sides = {name: common.run_interleaved(script, {name: forwarded}, args.rounds,
+                                                  env=env)[name]
+                     for name in ('base', 'worktree')}
+        else:
+            sides = common.run_interleaved(script, {'base': forwarded, 'worktree': forwarded},
+                                           args.rounds, env=env)
     assert sides['base']['romav2_core'].startswith(folder), sides['base']['romav2_core']
     speedup = sides['base']['seconds_per_batch'] / sides['worktree']['seconds_per_batch']
     rounds = [b / w for b, w in zip(sides['base']['all_seconds'],
@@ -87,7 +95,7 @@ def main() -> None:
                                                               *sys.argv[1:]]),
               'machine': common.machine(), 'base_commit': commit, 'setting': args.setting,
               'batch': args.batch, 'bidirectional': args.bidirectional, 'device': args.device,
-              'precision': args.precision,
+              'precision': args.precision, 'sequential': args.sequential,
               'weights': 'seeded random (timing only; no accuracy meaning)', **sides,
               'speedup_worktree_over_base': speedup, 'speedup_per_round': rounds}
     common.report(result, f'{args.setting} {sides["worktree"]["H"]}x{sides["worktree"]["W"]} '

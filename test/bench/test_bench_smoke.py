@@ -178,9 +178,12 @@ def test_gpu_check_refuses_the_full_run_without_a_gpu():
     assert out.returncode == 2 and '--smoke' in out.stderr
 
 
-def test_bench_revisions_smoke():
-    """HEAD (exported by git archive) against the working tree, interleaved."""
-    r = run('bench/bench_revisions.py', '--smoke')
+@pytest.mark.parametrize('order', [[], ['--sequential']], ids=['interleaved', 'sequential'])
+def test_bench_revisions_smoke(order):
+    """HEAD (exported by git archive) against the working tree, interleaved or one side after
+    the other."""
+    r = run('bench/bench_revisions.py', '--smoke', *order)
+    assert r['sequential'] is bool(order)
     assert r['benchmark'] == 'revisions' and len(r['base_commit']) == 40
     assert r['base']['romav2_core'] != r['worktree']['romav2_core']
     assert r['worktree']['romav2_core'] == str(ROOT / 'romav2_core')

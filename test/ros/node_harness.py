@@ -164,6 +164,27 @@ class LifecycleClient:
                          ('get_available_transitions', GetAvailableTransitions))}
         tester.spin_until(lambda: all(c.service_is_ready() for c in self.clients.values()),
                           60, 'the lifecycle services')
+        # A service is "ready" once it sees our requests; its replies can still be lost until
+        # its reply writer has matched us too (DDS discovery is per endpoint). So each service
+        # first answers a request without side effects (for change_state: an unknown
+        # transition label, refused), resent until one reply arrives.
+        ping = ChangeState.Request()
+        ping.transition.label = 'romav2_harness_ping'
+        for name, request in (('get_state', GetState.Request()),
+                              ('get_available_transitions', GetAvailableTransitions.Request()),
+                              ('change_state', ping)):
+            self._until_answered(name, request, 60)
+
+    def _until_answered(self, name, request, timeout, resend_s=2.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            future = self.clients[name].call_async(request)
+            resend = min(deadline, time.monotonic() + resend_s)
+            while time.monotonic() < resend and not future.done():
+                rclpy.spin_once(self.tester.node, timeout_sec=0.05)
+            if future.done():
+                return future.result()
+        raise AssertionError(f'{name}: no reply within {timeout} s')
 
     def _call(self, name, request, timeout=120):
         future = self.clients[name].call_async(request)
