@@ -1,21 +1,17 @@
-"""Helpers of the romav2-batch tests: bag sets, reference replays, decoded bag contents."""
+"""Helpers of the romav2-batch tests: bag sets, reference replays (bag contents compared by
+test/bag_compare.py)."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import struct
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-from rosbags.rosbag2 import Reader
-from rosbags.typesys import Stores, get_typestore
-
 import replay_doubles as doubles
-from romav2_ros import bag_io, replay
+from bag_compare import assert_same_bag  # noqa: F401 (the fleet tests use it from here)
+from romav2_ros import replay
 
 #: The installed console script (pip install -e . puts it beside the interpreter).
 BATCH = Path(sys.executable).parent / 'romav2-batch'
@@ -48,41 +44,6 @@ def reference(bag: Path, out: Path, options: list[str]) -> Path:
     """``romav2-replay`` of ``bag`` into ``out`` (in process), the expected output."""
     assert replay.main([str(bag), str(out), *options]) == 0
     return out
-
-
-def _plain(value):
-    """A decoded message as nested tuples that compare bit for bit (NaN equals NaN)."""
-    if dataclasses.is_dataclass(value):
-        return (type(value).__name__,
-                tuple((f.name, _plain(getattr(value, f.name))) for f in dataclasses.fields(value)))
-    if isinstance(value, np.ndarray):
-        return (value.dtype.str, value.shape, value.tobytes())
-    if isinstance(value, float):
-        return struct.pack('<d', value)
-    if isinstance(value, (list, tuple)):
-        return tuple(_plain(v) for v in value)
-    return value
-
-
-def decoded(bag: Path) -> list[tuple]:
-    """``(topic, msgtype, log_ns, content)`` of every message, decoded with a typestore that
-    knows only what the bag stores: content, not bytes (rclpy leaves CDR padding bytes
-    uninitialised, see test/test_foundation.py)."""
-    store = get_typestore(Stores.ROS2_JAZZY)
-    with Reader(bag) as reader:
-        bag_io.register_bag_types(store, reader.connections)
-        return [(c.topic, c.msgtype, log_ns, _plain(store.deserialize_cdr(raw, c.msgtype)))
-                for c, log_ns, raw in reader.messages()]
-
-
-def assert_same_bag(got: Path, expected: Path) -> int:
-    """The two bags hold the same messages (topic, type, log time, content) in the same
-    order; returns how many."""
-    a, b = decoded(got), decoded(expected)
-    assert [m[:3] for m in a] == [m[:3] for m in b]
-    for x, y in zip(a, b):
-        assert x == y, f'{x[0]} at {x[2]} differs'
-    return len(a)
 
 
 def summary(out: Path) -> dict:
