@@ -100,6 +100,13 @@ def _clone(value):
     return value
 
 
+def warm_up_runs(mode: str) -> int:
+    """Calls a warm-up needs under compile ``mode`` before a live call neither compiles nor
+    records: 3 with ``reduce-overhead`` (CUDA graph trees warm up, record, then replay), else 1
+    (the first call compiles)."""
+    return 3 if mode == 'reduce-overhead' else 1
+
+
 def warm_up(model, batch: int = 1, stream: bool = False, runs: Optional[int] = None,
             seed: int = 0) -> list[float]:
     """Run every call the node will make, on random images at the working resolution, so the
@@ -107,11 +114,10 @@ def warm_up(model, batch: int = 1, stream: bool = False, runs: Optional[int] = N
 
     ``batch``: pairs per call; ``stream``: the sequential mode's calls (``encode`` one frame at
     a time, then ``match_features``) instead of ``match`` (both images in one encoder batch).
-    ``runs``: repetitions, default 3 with ``reduce-overhead`` (CUDA graph trees warm up, record,
-    then replay) and 1 otherwise. Returns the seconds of each run (the first one includes the
+    ``runs``: repetitions, default :func:`warm_up_runs` of the model's mode. Returns the seconds of each run (the first one includes the
     compilation). Call it on the thread that runs inference.
     """
-    runs = runs or (3 if model.cfg.compile == 'reduce-overhead' else 1)
+    runs = runs or warm_up_runs(model.cfg.compile)
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(0, 256, (2 * batch, 3, model.cfg.H_lr, model.cfg.W_lr),
                            generator=g, dtype=torch.uint8).to(model.device)

@@ -86,16 +86,17 @@ def create(source: str, config: RoMaV2Config, device: str, weights: str = '', se
 def warm_up(matcher, device: str, mode: str) -> None:
     """The node's shapes through the model before topics open (lazy init, compilation,
     autotuning): a stereo pair (or one frame) encoded as one batch, and the pairs of one set
-    matched as one batch (stereo_odometry: the stereo and the temporal pair). Three times
-    under ``compile='reduce-overhead'`` (CUDA graph trees warm up, record, then replay), so
-    the first live frame neither compiles nor records; once otherwise."""
+    matched as one batch (stereo_odometry: the stereo and the temporal pair), as many times as
+    the compile mode needs (``compile.warm_up_runs``), so the first live frame neither
+    compiles nor records."""
     import torch
 
+    from romav2_core.compile import warm_up_runs
     from romav2_core.interface import cat_features
     h, w = matcher.output_hw
     images = 1 if mode == 'sequential' else 2
     cfg = getattr(matcher, 'cfg', None)
-    runs = 3 if getattr(cfg, 'compile', 'off') == 'reduce-overhead' else 1
+    runs = warm_up_runs(getattr(cfg, 'compile', 'off'))
     x = torch.randint(0, 256, (images, 3, h, w), dtype=torch.uint8, device=device)
     with torch.inference_mode():
         for _ in range(runs):

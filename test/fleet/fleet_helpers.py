@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import replay_doubles as doubles
-from bag_compare import assert_same_bag  # noqa: F401 (the fleet tests use it from here)
 from romav2_ros import replay
 
 #: The installed console script (pip install -e . puts it beside the interpreter).

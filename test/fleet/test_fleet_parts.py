@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bag_compare import assert_same_bag
 import fleet_helpers as helpers
 import replay_doubles as doubles
 from romav2_ros import replay
@@ -214,7 +215,7 @@ def test_chunks_concatenate_to_the_whole_bag_replay(tmp_path, mode):
     expected = helpers.reference(tmp_path / 'bag', tmp_path / 'ref', options)
     merged, total = _chunked(tmp_path / 'bag', tmp_path / 'out', options, chunk_s=0.25)
     assert merged.error is None
-    assert helpers.assert_same_bag(tmp_path / 'out' / 'bag', expected) > 0
+    assert assert_same_bag(tmp_path / 'out' / 'bag', expected) > 0
     assert not (tmp_path / 'out' / PARTIAL_DIR).exists() or \
         not any((tmp_path / 'out' / PARTIAL_DIR).iterdir())
     # The chunk summaries add up to the whole bag's (replay's own summary of it).
@@ -249,7 +250,7 @@ def test_worker_publishes_whole_bags_and_reports_bad_ones(tmp_path):
     good = worker.run(Job('good', inputs.BagInput(tmp_path / 'good', 'sub/good'), tmp_path / 'out'))
     assert good.error is None and good.summary.processed == 2
     assert reports[-1] == ('good', 1, 2, 2, 2)               # key, attempt, done, processed, total
-    helpers.assert_same_bag(tmp_path / 'out' / 'sub' / 'good',
+    assert_same_bag(tmp_path / 'out' / 'sub' / 'good',
                             helpers.reference(tmp_path / 'good', tmp_path / 'ref', helpers.ORACLE))
     assert (tmp_path / 'out' / 'sub' / 'good' / 'good.mcap').is_file()   # replay's file name
     bad = worker.run(Job('bad', inputs.BagInput(tmp_path / 'bad', 'bad'), tmp_path / 'out'))

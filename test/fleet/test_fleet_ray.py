@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from bag_compare import assert_same_bag
 import fleet_helpers as helpers
 import replay_doubles as doubles
 from romav2_ros.fleet import cli
@@ -42,7 +43,7 @@ def test_four_bags_one_corrupt_rerun_and_changed_option(tmp_path, ray_env, ray_h
     assert 'File end magic is invalid' in rows['bag_corrupt']['reason']
     for bag in bags[:3]:
         expected = helpers.reference(bag, tmp_path / 'ref' / bag.name, helpers.ORACLE)
-        assert helpers.assert_same_bag(out / bag.name, expected) > 0
+        assert assert_same_bag(out / bag.name, expected) > 0
     assert [rows[n]['frames'] for n in good] == [3, 5, 4] == [rows[n]['processed'] for n in good]
     assert set(os.listdir(out)) == RUN_FILES | set(good)      # no partial, no failed output
     run = helpers.summary(out)
@@ -75,7 +76,7 @@ def test_four_bags_one_corrupt_rerun_and_changed_option(tmp_path, ray_env, ray_h
     for bag in bags[:3]:
         expected = helpers.reference(bag, tmp_path / 'ref2' / bag.name,
                                      [*helpers.ORACLE, *changed])
-        helpers.assert_same_bag(out / bag.name, expected)
+        assert_same_bag(out / bag.name, expected)
     assert set(os.listdir(out)) == RUN_FILES | set(good)
     assert helpers.summary(out)['ray']['address'] == ray_head
 
@@ -95,7 +96,7 @@ def test_worker_killed_mid_bag_is_retried_on_another(tmp_path, ray_env, ray_head
     assert [int(w.split(':')[1]) for w in row['workers']] != [crashed_pid]
     monkeypatch.delenv(CRASH_AFTER_ENV)
     expected = helpers.reference(tmp_path / 'in' / 'long', tmp_path / 'ref', helpers.SLOW_ORACLE)
-    helpers.assert_same_bag(out / 'long', expected)
+    assert_same_bag(out / 'long', expected)
     assert set(os.listdir(out)) == RUN_FILES | {'long'}     # the dead attempt's partial is gone
 
 
@@ -109,7 +110,7 @@ def test_chunked_sequence_on_the_cluster_equals_the_replay(tmp_path, ray_env, ra
     row = helpers.rows(out)['seq']
     assert (row['chunks'], row['frames'], row['processed']) == (4, 12, 11)
     expected = helpers.reference(tmp_path / 'in' / 'seq', tmp_path / 'ref', options)
-    helpers.assert_same_bag(out / 'seq', expected)
+    assert_same_bag(out / 'seq', expected)
     assert set(os.listdir(out)) == RUN_FILES | {'seq'}
 
 
