@@ -1,103 +1,167 @@
-"""Dense matcher outputs on the model grid -> arrays in image pixels (no ROS types).
+"""Dense matcher outputs on the model grid -> values in image pixels, on the model's device.
 
 A matcher returns, on its output grid ``H_o x W_o`` over image A (``interface.DenseMatcher``):
 ``warp [H_o x W_o x 2]`` normalised coordinates in B, ``overlap [H_o x W_o x 1]`` and
 ``covariance [H_o x W_o x 2 x 2]`` in px^2 of an ``H_o x W_o`` grid over B. This module maps
 them to the full images with the conventions of ``geometry.py`` (OpenCV pixels: centres at
-integers) and brings them to the host in **one packed copy** each:
+integers), with torch on whatever device the tensors live on -- nothing here copies to the
+host or waits for the device:
 
-* :func:`upsample` -- per pixel of A (``[H_A x W_A]``): the dense outputs;
-* :func:`grid_matches` -- per grid cell: matches for sampling, pose and calibration checks.
+* :class:`PairGrid` -- per grid cell: the cell centre in A, validity, and the match in B in
+  pixels for the cells asked for (:meth:`PairGrid.cells`), so that sampling a few thousand
+  cells never converts the whole grid;
+* :func:`upsample` -- per pixel of A (``[H_A x W_A]``): the dense fields, converted to B's
+  pixels after upsampling (bilinear interpolation commutes with the affine conversion).
 
 Validity: a match is valid when its certainty is at least ``threshold`` and it lands inside
-B (pixel edges ``-0.5 .. W_B - 0.5``). Invalid warps and covariances are NaN.
+B (pixel edges ``-0.5 .. W_B - 0.5``, i.e. normalised coordinates within ``[-1, 1]``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from romav2_core import geometry
 
-
-@dataclass
-class DenseMatches:
-    """Per pixel of A (``H_A x W_A``); float32 arrays on the host."""
-
-    warp: np.ndarray         # [H_A x W_A x 2] (x, y) in B, OpenCV px of B; NaN invalid
-    certainty: np.ndarray    # [H_A x W_A] overlap probability in [0, 1]
-    covariance: np.ndarray   # [H_A x W_A x 3] (sxx, sxy, syy) of warp, px^2 of B; NaN invalid
-    valid: np.ndarray        # [H_A x W_A] bool: certainty >= threshold and inside B
+#: Columns of :meth:`PairGrid.cells`: the match in B (px), certainty, covariance (px^2 of B).
+CELL_COLUMNS = ('x', 'y', 'certainty', 'sxx', 'sxy', 'syy')
 
 
-@dataclass
-class GridMatches:
-    """One match per cell of the model grid, flattened (N = H_o * W_o); float64 host arrays."""
-
-    points_a: np.ndarray     # [N x 2] cell centres in A, OpenCV px of A
-    points_b: np.ndarray     # [N x 2] their positions in B, OpenCV px of B
-    certainty: np.ndarray    # [N] in [0, 1]
-    cov_b: np.ndarray        # [N x 2 x 2] covariance of points_b, px^2 of B (NaN unknown)
-    valid: np.ndarray        # [N] bool, as DenseMatches.valid
-    grid_hw: tuple[int, int]  # rows x columns of the cells taken
-
-
-def inside(points: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+def inside(points: Tensor, hw: tuple[int, int]) -> Tensor:
     """``[... x 2]`` OpenCV px within the pixel edges of an ``hw`` image (NaN: outside)."""
     h, w = hw
     x, y = points[..., 0], points[..., 1]
-    with np.errstate(invalid='ignore'):
-        return (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
+    return (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
 
 
-def _packed(warp: Tensor, overlap: Tensor, covariance: Tensor, hw_b: tuple[int, int]
-            ) -> Tensor:
-    """``[6 x H_o x W_o]``: warp in B px (2), certainty (1), covariance in B px^2 (3)."""
-    ho, wo = warp.shape[:2]
-    warp_px = geometry.to_pixel_coordinates(warp.float(), *hw_b)
-    cov = geometry.rescale_covariance(covariance.float(), ho, wo, *hw_b)
-    return torch.cat([warp_px, overlap.float().clamp(0, 1), cov[..., 0, 0:1],
-                      cov[..., 0, 1:2], cov[..., 1, 1:2]], dim=-1).permute(2, 0, 1)
+def inside_normalized(warp: Tensor) -> Tensor:
+    """``[... x 2]`` normalised coordinates within the image: the pixel-edge test of
+    :func:`inside` without converting to pixels (NaN: outside)."""
+    return (warp[..., 0].abs() <= 1) & (warp[..., 1].abs() <= 1)
 
 
-def upsample(warp: Tensor, overlap: Tensor, covariance: Tensor, hw_a: tuple[int, int],
-             hw_b: tuple[int, int], threshold: float) -> DenseMatches:
-    """The grid outputs of one pair bilinearly upsampled (``align_corners=False``) to A's size.
-
-    Upsampling in B's pixels equals upsampling the normalised warp (the map is affine);
-    covariances are interpolated entry-wise (a convex mix of PSD matrices stays PSD). Within
-    half a grid cell of A's border the values are held (no extrapolation).
-    """
-    stack = _packed(warp, overlap, covariance, hw_b).contiguous()   # the fast NCHW kernel
-    up = F.interpolate(stack[None], size=hw_a, mode='bilinear', align_corners=False)[0]
-    host = up.permute(1, 2, 0).contiguous().cpu().numpy()      # the one device->host copy
-    warp_px, certainty, cov = host[..., :2], host[..., 2], host[..., 3:]
-    valid = (certainty >= threshold) & inside(warp_px, hw_b)
-    warp_px[~valid] = np.nan
-    cov[~valid] = np.nan
-    return DenseMatches(warp=warp_px, certainty=certainty, covariance=cov, valid=valid)
+@lru_cache(maxsize=16)
+def cell_centres(grid_hw: tuple[int, int], hw_a: tuple[int, int], device: torch.device
+                 ) -> Tensor:
+    """``[H_o x W_o x 2]`` OpenCV px of A of the output grid's cell centres: cell (i, j) of an
+    ``H_o x W_o`` grid over an ``H x W`` image has its centre at
+    ``((j + 0.5) W / W_o - 0.5, (i + 0.5) H / H_o - 0.5)``. Cached per size and device."""
+    (ho, wo), (h, w) = grid_hw, hw_a
+    xs = (torch.arange(wo, device=device, dtype=torch.float64) + 0.5) * (w / wo) - 0.5
+    ys = (torch.arange(ho, device=device, dtype=torch.float64) + 0.5) * (h / ho) - 0.5
+    return torch.stack(torch.meshgrid(xs, ys, indexing='xy'), dim=-1).float()
 
 
-def grid_matches(warp: Tensor, overlap: Tensor, covariance: Tensor, hw_a: tuple[int, int],
-                 hw_b: tuple[int, int], threshold: float, stride: int = 1) -> GridMatches:
-    """One match per grid cell (every ``stride``-th row and column of cells): cell centres of
-    A and their warps in B (full-image px)."""
-    ho, wo = warp.shape[:2]
-    host = _packed(warp[::stride, ::stride], overlap[::stride, ::stride],
-                   covariance[::stride, ::stride], hw_b).permute(1, 2, 0).reshape(-1, 6)
-    host = host.cpu().numpy().astype(np.float64)                # the one device->host copy
-    h, w = hw_a
-    # Cell (i, j) of an H_o x W_o grid over A has its centre at ((j + 0.5) W / W_o - 0.5, ...)
-    jj, ii = np.meshgrid(np.arange(0, wo, stride), np.arange(0, ho, stride), indexing='xy')
-    points_a = np.stack([(jj + 0.5) * (w / wo) - 0.5, (ii + 0.5) * (h / ho) - 0.5],
-                        axis=-1).reshape(-1, 2)
-    cov = np.stack([host[:, 3], host[:, 4], host[:, 4], host[:, 5]], axis=-1).reshape(-1, 2, 2)
-    certainty = host[:, 2]
-    points_b = host[:, :2]
-    valid = (certainty >= threshold) & inside(points_b, hw_b)
-    return GridMatches(points_a=points_a, points_b=points_b, certainty=certainty, cov_b=cov,
-                       valid=valid, grid_hw=jj.shape)
+@dataclass
+class PairGrid:
+    """One pair's model outputs (one batch element, on the model's device) and the sizes of
+    its images; derived values are computed on first use and kept."""
+
+    warp: Tensor                 # [H_o x W_o x 2] normalised coordinates in B
+    overlap: Tensor              # [H_o x W_o x 1] in [0, 1]
+    covariance: Tensor           # [H_o x W_o x 2 x 2] px^2 of the H_o x W_o grid over B
+    hw_a: tuple[int, int]
+    hw_b: tuple[int, int]
+    threshold: float             # certainty below it: invalid
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        return tuple(self.warp.shape[:2])
+
+    @cached_property
+    def points_a(self) -> Tensor:
+        """``[H_o x W_o x 2]`` cell centres in A, OpenCV px of A."""
+        return cell_centres(self.grid_hw, tuple(self.hw_a), self.warp.device)
+
+    @cached_property
+    def valid(self) -> Tensor:
+        """``[H_o x W_o]`` bool: certainty >= threshold and the match inside B."""
+        return (self.overlap[..., 0] >= self.threshold) & inside_normalized(self.warp)
+
+    def cells(self, index: Tensor) -> Tensor:
+        """``[n x 6]`` float32 of the cells at flat ``index`` ``[n]``: :data:`CELL_COLUMNS`."""
+        ho, wo = self.grid_hw
+        warp = self.warp.reshape(-1, 2)[index].float()
+        cov = geometry.rescale_covariance(self.covariance.reshape(-1, 2, 2)[index].float(),
+                                          ho, wo, *self.hw_b)
+        return torch.cat([geometry.to_pixel_coordinates(warp, *self.hw_b),
+                          self.overlap.reshape(-1, 1)[index].float().clamp(0, 1),
+                          cov[:, 0, 0:1], cov[:, 0, 1:2], cov[:, 1, 1:2]], dim=1)
+
+    def strided(self, stride: int) -> 'PairGrid':
+        """Every ``stride``-th row and column of cells, as a grid of its own over the same
+        images (its :attr:`points_a` are not recomputed: take them from this grid)."""
+        s = stride
+        return PairGrid(self.warp[::s, ::s], self.overlap[::s, ::s],
+                        self.covariance[::s, ::s], self.hw_a, self.hw_b, self.threshold)
+
+    @cached_property
+    def fields(self) -> 'DenseFields':
+        """The warp, certainty and validity per pixel of A (shared by the dense and stereo
+        products)."""
+        return DenseFields.of(self)
+
+    @cached_property
+    def covariance_fields(self) -> Tensor:
+        """``[H_A x W_A x 3]`` contiguous (sxx, sxy, syy) per pixel of A, px^2 of B, NaN
+        invalid (the 32FC3 layout)."""
+        ho, wo = self.grid_hw
+        s_x, s_y = geometry.grid_scale(ho, wo, *self.hw_b)
+        up = upsample(self.covariance.flatten(-2), self.hw_a)        # [4 x H x W]
+        up.masked_fill_(~self.fields.valid, float('nan'))
+        out = torch.empty((3, *up.shape[1:]), dtype=up.dtype, device=up.device)
+        for k, (c, scale) in enumerate(((0, s_x * s_x), (1, s_x * s_y), (3, s_y * s_y))):
+            torch.mul(up[c], scale, out=out[k])
+        return interleaved(out)
+
+    def points_b_px(self) -> Tensor:
+        """``[H_o x W_o x 2]`` every match in B, OpenCV px of B (the whole grid: for small
+        or strided grids)."""
+        return geometry.to_pixel_coordinates(self.warp.float(), *self.hw_b)
+
+
+def upsample(field: Tensor, hw: tuple[int, int]) -> Tensor:
+    """A grid field ``[H_o x W_o x C]`` bilinearly upsampled (``align_corners=False``) to
+    ``[C x H x W]``. Within half a grid cell of the border the values are held (no
+    extrapolation). Upsampling commutes with the affine maps of ``geometry.py`` (normalised ->
+    px, grid px^2 -> image px^2), so fields are upsampled as the model gives them and
+    converted after; covariances are interpolated entry-wise (a convex mix of PSD matrices
+    stays PSD)."""
+    return F.interpolate(field.float().permute(2, 0, 1)[None], size=tuple(hw),
+                         mode='bilinear', align_corners=False)[0]
+
+
+@dataclass
+class DenseFields:
+    """A pair's fields per pixel of A (``[H_A x W_A]``), on the model's device: the warp in
+    normalised coordinates as upsampled, NaN where invalid, the certainty and the validity."""
+
+    warp: Tensor          # [2 x H x W] normalised in B, NaN invalid
+    certainty: Tensor     # [H x W]
+    valid: Tensor         # [H x W] bool
+
+    @classmethod
+    def of(cls, grid: PairGrid) -> 'DenseFields':
+        warp = upsample(grid.warp, grid.hw_a)
+        certainty = upsample(grid.overlap, grid.hw_a)[0]
+        valid = (certainty >= grid.threshold) & (warp[0].abs() <= 1) & (warp[1].abs() <= 1)
+        warp.masked_fill_(~valid, float('nan'))
+        return cls(warp, certainty, valid)
+
+    def to_pixels(self, hw_b: tuple[int, int]) -> Tensor:
+        """``[H x W x 2]`` contiguous: the warp in OpenCV px of B (NaN invalid)."""
+        scale, offset = geometry.pixel_scale(*hw_b)
+        px = torch.addcmul(self.warp.new_tensor(offset)[:, None, None], self.warp,
+                           self.warp.new_tensor(scale)[:, None, None])
+        return interleaved(px)
+
+
+def interleaved(channels: Tensor) -> Tensor:
+    """``[C x H x W]`` -> a contiguous ``[H x W x C]`` (the layout of multi-channel images and
+    point clouds): computing channel by channel and interleaving once is the cheapest way on a
+    CPU (strided writes or a last-dimension stack cost several times more)."""
+    return channels.permute(1, 2, 0).contiguous()

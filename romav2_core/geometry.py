@@ -34,6 +34,12 @@ def normalized_grid(B: int, H: int, W: int, device=None, dtype=torch.float32) ->
     return grid[None].expand(B, H, W, 2)
 
 
+def pixel_scale(H: int, W: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """``(scale, offset)`` per axis (x, y) of :func:`to_pixel_coordinates` (OpenCV
+    convention) as one multiply-add: ``px = x_n * scale + offset``."""
+    return (W / 2, H / 2), (W / 2 - 0.5, H / 2 - 0.5)
+
+
 def to_pixel_coordinates(x_n: Tensor, H: int, W: int, convention: str = 'opencv') -> Tensor:
     """Normalised ``[..., 2]`` (x, y) to pixels of an ``H x W`` image.
 
@@ -79,7 +85,13 @@ def precision_to_covariance(precision: Tensor) -> Tensor:
         inv_det[..., None, None]
 
 
+def grid_scale(H_from: int, W_from: int, H_to: int, W_to: int) -> tuple[float, float]:
+    """``(s_x, s_y)``: pixels of an ``H_to x W_to`` grid per pixel of an ``H_from x W_from``
+    grid over the same image; a covariance scales as ``D Sigma D``, ``D = diag(s_x, s_y)``."""
+    return W_to / W_from, H_to / H_from
+
+
 def rescale_covariance(cov: Tensor, H_from: int, W_from: int, H_to: int, W_to: int) -> Tensor:
     """Covariance ``[..., 2, 2]`` in px^2 of an ``H_from x W_from`` grid to ``H_to x W_to``."""
-    d = cov.new_tensor([W_to / W_from, H_to / H_from])
+    d = cov.new_tensor(grid_scale(H_from, W_from, H_to, W_to))
     return cov * d[:, None] * d[None, :]

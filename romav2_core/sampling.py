@@ -13,9 +13,9 @@ Deliberate differences from the official function:
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -96,25 +96,87 @@ def sample(preds: dict, num: int, generator: Optional[torch.Generator] = None) -
     return out
 
 
-#: Cells per side of the grid that :func:`balanced_indices` spreads matches over.
+#: Cells per side of the grid that :func:`balanced_sample` spreads matches over.
 BALANCE_CELLS = 32
+#: On a CPU, draws of ``k`` among more than this many times ``k`` weights pre-select keys.
+PREFILTER = 8
 
 
-def balanced_indices(points_a, certainty, num: int, rng, hw_a: tuple[int, int]):
-    """Indices of ``num`` of the ``[N x 2]`` matches (``points_a`` in OpenCV px of A, numpy):
-    drawn with probability proportional to ``certainty``, then thinned to an even spread over
-    A (inverse density on a ``BALANCE_CELLS`` square grid; the idea of the KDE balancing
-    above at a fraction of its cost, for the node's per-pair sampling). All of them when there
-    are at most ``num``. ``rng``: a ``numpy.random.Generator``."""
-    n = len(certainty)
-    if n <= num:
-        return np.arange(n)
-    p = certainty / certainty.sum()
-    cand = rng.choice(n, size=min(EXPANSION * num, n), replace=False, p=p)
+def _weighted_without_replacement(weights: Tensor, k: int, generator: torch.Generator
+                                  ) -> tuple[Tensor, Tensor]:
+    """``k`` indices drawn without replacement with probability proportional to ``weights``
+    ``[N]`` (Efraimidis-Spirakis: the ``k`` smallest of ``E_i / w_i``, ``E_i ~ Exp(1)``, the
+    same distribution as drawing one at a time), and which of them are real draws: where
+    fewer than ``k`` weights are positive the rest have infinite keys (False). Fixed shapes,
+    so nothing waits for the device."""
+    n = weights.shape[0]
+    if weights.device.type == 'cpu' and PREFILTER * k < n:
+        # On a CPU a random number and a top-k over every cell cost more than everything
+        # else here: draw only the keys below a level tau that about 2 k of them pass, then
+        # take the k smallest of those -- the same k unless fewer than k passed.
+        found = _keys_below(weights, 2 * k / float(weights.sum()), generator)
+        if found is not None and found[0].shape[0] >= k:
+            cand, keys = found
+            keys, pick = torch.topk(keys, k, largest=False, sorted=False)
+            return cand[pick], torch.isfinite(keys)
+    u = torch.rand(weights.shape, generator=generator, device=weights.device)
+    keys = -torch.log1p(-u) / weights            # E / w; w = 0 -> inf (never drawn)
+    keys, idx = torch.topk(keys, k, largest=False, sorted=False)
+    return idx, torch.isfinite(keys)
+
+
+def _keys_below(weights: Tensor, tau: float, generator: torch.Generator):
+    """The cells with ``E_i / w_i < tau`` and their keys, as :func:`_weighted_without_replacement`
+    would draw them, without a random number per cell (None when too many cells pass for
+    that to pay). Cell i is in with probability ``q_i = 1 - exp(-tau w_i)``, independently:
+    candidates come at the highest such rate ``q`` (a Bernoulli process, drawn as geometric
+    gaps), each kept with ``q_i / q``; a kept cell's ``E_i`` is Exp(1) conditioned below
+    ``tau w_i``: ``-log(1 - r q_i)``, ``r`` uniform."""
+    n = weights.shape[0]
+    q = -math.expm1(-tau * float(weights.max()))
+    if not 0 < q < 0.5:
+        return None
+    log_miss = math.log1p(-q)
+    expected = n * q
+    batch = int(expected + 6 * math.sqrt(expected) + 16)
+    found, start = [], -1
+    while start < n - 1:          # gaps until the process has passed the last cell
+        u = 1 - torch.rand(batch, generator=generator, dtype=torch.float64)    # (0, 1]
+        gaps = torch.floor(torch.log(u) / log_miss) + 1
+        positions = start + torch.cumsum(gaps, 0)
+        found.append(positions[positions < n])
+        start = int(positions[-1])
+    cand = torch.cat(found).long()
+    w = weights[cand]
+    q_i = -torch.expm1(-tau * w)
+    kept = torch.rand(cand.shape[0], generator=generator) * q < q_i
+    cand, w, q_i = cand[kept], w[kept], q_i[kept]
+    r = torch.rand(cand.shape[0], generator=generator)
+    return cand, -torch.log1p(-r * q_i) / w
+
+
+def balanced_sample(points_a: Tensor, certainty: Tensor, usable: Tensor, num: int,
+                    hw_a: tuple[int, int], generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Indices of ``num`` of the ``[N]`` matches whose ``points_a`` ``[N x 2]`` (OpenCV px of
+    A) are ``usable`` ``[N]``: drawn without replacement with probability proportional to
+    ``certainty`` ``[N]``, ``EXPANSION * num`` candidates, then thinned to an even spread over
+    A (inverse density on a ``BALANCE_CELLS`` square grid; the idea of the KDE balancing above
+    at a fraction of its cost, for the node's per-pair sampling). All of them when at most
+    ``num`` are usable. Runs where the tensors are (torch ``generator`` on that device).
+
+    Returns ``(idx [n], drawn [n])``, ``n = min(num, N)``: the indices and which of them are
+    real draws (False past the number of usable matches), without waiting for the device.
+    """
+    n_all = certainty.shape[0]
+    weights = torch.where(usable, certainty.clamp_min(0), 0.0)
+    cand, cand_drawn = _weighted_without_replacement(weights, min(EXPANSION * num, n_all),
+                                                     generator)
     cells = BALANCE_CELLS
-    cx = np.clip((points_a[cand, 0] / hw_a[1] * cells).astype(int), 0, cells - 1)
-    cy = np.clip((points_a[cand, 1] / hw_a[0] * cells).astype(int), 0, cells - 1)
+    pa = points_a[cand]
+    cx = (pa[:, 0] / hw_a[1] * cells).long().clamp(0, cells - 1)
+    cy = (pa[:, 1] / hw_a[0] * cells).long().clamp(0, cells - 1)
     cell = cy * cells + cx
-    density = np.bincount(cell, minlength=cells * cells)[cell]
-    w = 1.0 / density
-    return cand[rng.choice(len(cand), size=num, replace=False, p=w / w.sum())]
+    density = torch.bincount(cell, weights=cand_drawn.float(), minlength=cells * cells)[cell]
+    inverse = torch.where(cand_drawn, 1.0 / density.clamp_min(1.0), 0.0)
+    pick, drawn = _weighted_without_replacement(inverse, min(num, cand.shape[0]), generator)
+    return cand[pick], drawn

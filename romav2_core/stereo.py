@@ -1,5 +1,6 @@
 """Rectified stereo geometry: disparity by the DisparityImage contract, depth, its uncertainty,
-points, and a calibration check from the matches themselves (no ROS types).
+points, and a calibration check from the matches themselves (no ROS types). The per-pixel maps
+are computed with torch on the device the matches live on.
 
 Conventions (``stereo_msgs/DisparityImage``, REP 118, image_geometry):
 
@@ -13,15 +14,21 @@ Conventions (``stereo_msgs/DisparityImage``, REP 118, image_geometry):
   x-variance of the right-image position (the left pixel is exact). It assumes Gaussian
   match noise small against ``d``; it understates the spread where ``sigma_d`` approaches
   ``d`` (far points), where ``Z`` itself is badly skewed.
-* Points: ``Z * K_l^-1 [u v 1]`` in the rectified left frame, rotated into the left camera's
-  optical frame (the frame its images' headers name) by ``R_l^T`` (CameraInfo:
-  ``p_rect = R p_cam``); with ``R_l = I`` this is stereo_image_proc's point cloud.
+* Points: ``Z * P_l[:3, :3]^-1 [u v 1]`` in the rectified left frame -- the frame the rectified
+  images and the depth live in, as stereo_image_proc and depth_image_proc compute them
+  (``frame='rectified'``); ``frame='optical'`` rotates them into the left camera's physical
+  optical frame by ``R_l^T`` (CameraInfo: ``p_rect = R p_cam``). With ``R_l = I`` both agree.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch import Tensor
+
+#: Frames a point cloud can be expressed in (see the module docstring).
+POINT_FRAMES = ('rectified', 'optical')
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,11 @@ class RectifiedStereo:
         return float(-self.P_right[0, 3] / self.P_right[0, 0])
 
     @property
+    def fT(self) -> float:
+        """``f * T``, px m: ``Z = fT / d``."""
+        return self.f * self.baseline
+
+    @property
     def cx_offset(self) -> float:
         """``cx_l - cx_r``, px: what the disparity is adjusted by."""
         return float(self.P_left[0, 2] - self.P_right[0, 2])
@@ -62,36 +74,43 @@ class RectifiedStereo:
                       self.P_right[1, 3] / self.P_right[1, 1], 0.0])
         return t / np.linalg.norm(t)
 
-    def disparity(self, warp_x: np.ndarray) -> np.ndarray:
-        """``[H x W]`` disparity px from the right-image x of each left pixel (NaN stays)."""
-        u = np.arange(warp_x.shape[1], dtype=np.float64)[None, :]
-        return (u - warp_x - self.cx_offset).astype(np.float32)
+    def disparity(self, x_left: Tensor, x_right: Tensor) -> Tensor:
+        """Disparity px of left pixels at x ``x_left`` matched at ``x_right`` (any equal
+        shapes; NaN stays NaN)."""
+        return x_left - x_right - self.cx_offset
 
-    def depth(self, disparity: np.ndarray) -> np.ndarray:
-        """``[H x W]`` Z in m, NaN where the disparity is not positive or NaN."""
-        d = disparity.astype(np.float64)
-        with np.errstate(divide='ignore', invalid='ignore'):
-            z = np.where(d > 0, self.f * self.baseline / d, np.nan)
-        return z.astype(np.float32)
+    def depth(self, disparity: Tensor) -> Tensor:
+        """Z in m, NaN where the disparity is not positive or NaN."""
+        return torch.reciprocal(disparity).mul_(self.fT).masked_fill_(disparity <= 0,
+                                                                     float('nan'))
 
-    def depth_stddev(self, depth: np.ndarray, var_x: np.ndarray) -> np.ndarray:
-        """``[H x W]`` 1-sigma of Z in m from the x-variance (px^2) of the right position."""
-        z = depth.astype(np.float64)
-        with np.errstate(invalid='ignore'):
-            sigma_d = np.sqrt(np.where(var_x >= 0, var_x, np.nan))
-        return (z * z / (self.f * self.baseline) * sigma_d).astype(np.float32)
+    def depth_stddev(self, depth: Tensor, var_x: Tensor) -> Tensor:
+        """1-sigma of Z in m from the x-variance (px^2) of the right position (NaN unknown)."""
+        return depth * depth * torch.sqrt(var_x.clamp_min(0)) * (1 / self.fT)
 
-    def points(self, depth: np.ndarray) -> np.ndarray:
-        """``[H x W x 3]`` (x, y, z) m in the left optical frame; NaN where depth is NaN."""
-        h, w = depth.shape
+    def points(self, depth: Tensor, frame: str = 'rectified', stride: int = 1,
+               out: Tensor = None) -> Tensor:
+        """``[3 x H' x W']`` (x, y, z) m, channels first, of every ``stride``-th row and column
+        of a ``[H x W]`` depth map, in ``frame`` (:data:`POINT_FRAMES`); NaN where the depth is
+        NaN. ``out``: a ``[3 x H' x W']`` tensor to write them into."""
+        if frame not in POINT_FRAMES:
+            raise ValueError(f'point frame {frame!r}: one of {POINT_FRAMES}')
         P = self.P_left
-        z = depth.astype(np.float64)
-        x = (np.arange(w) - P[0, 2])[None, :] / P[0, 0] * z
-        y = (np.arange(h) - P[1, 2])[:, None] / P[1, 1] * z
-        rect = np.stack([x, y, z], axis=-1)
-        if np.array_equal(self.R_left, np.eye(3)):
-            return rect.astype(np.float32)
-        return (rect @ self.R_left).astype(np.float32)   # row-vector form of R_left^T p
+        z = depth[::stride, ::stride]
+        h, w = depth.shape
+        u = torch.arange(0, w, stride, device=z.device, dtype=torch.float64)
+        v = torch.arange(0, h, stride, device=z.device, dtype=torch.float64)
+        ray_x = ((u - P[0, 2]) / P[0, 0]).to(z.dtype)
+        ray_y = ((v - P[1, 2]) / P[1, 1]).to(z.dtype)
+        if out is None:
+            out = torch.empty((3, *z.shape), dtype=z.dtype, device=z.device)
+        torch.mul(ray_x[None, :], z, out=out[0])
+        torch.mul(ray_y[:, None], z, out=out[1])
+        out[2] = z
+        if frame == 'optical' and not np.array_equal(self.R_left, np.eye(3)):
+            R_t = torch.as_tensor(self.R_left.T, dtype=z.dtype, device=z.device)
+            out.copy_((R_t @ out.reshape(3, -1)).reshape(out.shape))    # R_left^T p
+        return out
 
 
 @dataclass(frozen=True)
@@ -103,15 +122,21 @@ class RectificationHealth:
     num_matches: int
     baseline_angle_deg: float | None = None   # estimated vs calibrated baseline direction
 
+    @classmethod
+    def from_stats(cls, stats) -> 'RectificationHealth':
+        """From :func:`vertical_disparity`'s ``(median, p90, count)`` (on the host)."""
+        median, p90, count = (float(s) for s in stats)
+        return cls(median, p90, int(count))
 
-def vertical_disparity(points_a: np.ndarray, points_b: np.ndarray) -> RectificationHealth:
+
+def vertical_disparity(points_a: Tensor, points_b: Tensor, valid: Tensor) -> Tensor:
     """On rectified images a true match has ``y_A == y_B``: the spread of ``|y_A - y_B|``
-    over confident matches (``[N x 2]`` OpenCV px each) measures the calibration error."""
-    dy = np.abs(points_a[:, 1] - points_b[:, 1])
-    if dy.size == 0:
-        return RectificationHealth(float('nan'), float('nan'), 0)
-    median, p90 = np.percentile(dy, [50, 90])
-    return RectificationHealth(float(median), float(p90), int(dy.size))
+    over the ``valid`` matches (``[... x 2]`` OpenCV px each, ``[...]`` bool) measures the
+    calibration error. Returns ``[3]`` float32 on the device: median, 90th percentile (linear
+    interpolation, as numpy's percentile; NaN without matches) and the count."""
+    dy = torch.where(valid, (points_a[..., 1] - points_b[..., 1]).abs(), float('nan'))
+    quantiles = torch.nanquantile(dy.flatten(), dy.new_tensor([0.5, 0.9]))
+    return torch.cat([quantiles, valid.sum().to(dy.dtype)[None]])
 
 
 def baseline_angle_deg(t_estimated: np.ndarray, stereo: RectifiedStereo) -> float:

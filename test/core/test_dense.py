@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from romav2_core.dense import grid_matches, upsample
+from romav2_core.dense import PairGrid
+from romav2_core.products import DENSE_KEYS, dense_maps
 
 HO, WO = 160, 160
 HW_A, HW_B = (480, 640), (400, 800)
@@ -34,55 +35,53 @@ def grid_outputs(certainty=0.7):
     return [torch.tensor(a, dtype=torch.float32) for a in (warp, overlap, cov)]
 
 
+def pair_grid(certainty=0.7, threshold=0.5) -> PairGrid:
+    return PairGrid(*grid_outputs(certainty), HW_A, HW_B, threshold)
+
+
 def test_dense_warp_covariance_and_validity():
-    warp, overlap, cov = grid_outputs()
-    out = upsample(warp, overlap, cov, HW_A, HW_B, threshold=0.5)
-    assert out.warp.shape == (480, 640, 2) and out.covariance.shape == (480, 640, 3)
+    out = {k: v.numpy() for k, v in dense_maps(pair_grid(), DENSE_KEYS).items()}
+    warp, cov, certainty = out['warp'], out['covariance'], out['certainty']
+    assert warp.shape == (480, 640, 2) and cov.shape == (480, 640, 3)
+    valid = np.isfinite(warp).all(axis=-1)
     v, u = np.mgrid[0:480, 0:640].astype(np.float64)
     xb, yb = affine(u, v)
     inside = (xb >= -0.5) & (xb <= 799.5) & (yb >= -0.5) & (yb <= 399.5)
     # float32 decides matches that land exactly on B's edge either way
     on_edge = (np.minimum(np.abs(xb + 0.5), np.abs(xb - 799.5)) < 1e-3) | \
         (np.minimum(np.abs(yb + 0.5), np.abs(yb - 399.5)) < 1e-3)
-    np.testing.assert_array_equal(out.valid[~on_edge], inside[~on_edge])
-    inside &= out.valid
+    np.testing.assert_array_equal(valid[~on_edge], inside[~on_edge])
+    inside &= valid
     # Away from the border ring where the upsampling holds the edge value (half a cell:
     # 2 px in x, 1.5 px in y), bilinear interpolation of an affine field is exact; float32.
     core = inside.copy()
     core[:2], core[-2:], core[:, :2], core[:, -2:] = False, False, False, False
-    np.testing.assert_allclose(out.warp[core][:, 0], xb[core], atol=2e-3)
-    np.testing.assert_allclose(out.warp[core][:, 1], yb[core], atol=2e-3)
-    assert np.isnan(out.warp[~inside]).all() and np.isnan(out.covariance[~inside]).all()
+    np.testing.assert_allclose(warp[core][:, 0], xb[core], atol=2e-3)
+    np.testing.assert_allclose(warp[core][:, 1], yb[core], atol=2e-3)
+    assert np.isnan(warp[~inside]).all() and np.isnan(cov[~inside]).all()
     # grid px -> B px: x by 800 / 160 = 5, y by 400 / 160 = 2.5
     want = [0.36 * 25, 0.05 * 5 * 2.5, 0.09 * 6.25]
-    np.testing.assert_allclose(out.covariance[inside], np.broadcast_to(want, (inside.sum(), 3)),
+    np.testing.assert_allclose(cov[inside], np.broadcast_to(want, (inside.sum(), 3)),
                                rtol=1e-5)
-    np.testing.assert_allclose(out.certainty, 0.7, rtol=1e-6)
+    np.testing.assert_allclose(certainty, 0.7, rtol=1e-6)
 
 
 def test_threshold_masks():
-    warp, overlap, cov = grid_outputs(certainty=0.3)
-    out = upsample(warp, overlap, cov, HW_A, HW_B, threshold=0.5)
-    assert not out.valid.any() and np.isnan(out.warp).all()
+    out = dense_maps(pair_grid(certainty=0.3), ('warp', 'covariance'))
+    assert torch.isnan(out['warp']).all() and torch.isnan(out['covariance']).all()
 
 
-def test_grid_matches_are_cell_centres_and_their_warps():
-    warp, overlap, cov = grid_outputs()
-    m = grid_matches(warp, overlap, cov, HW_A, HW_B, threshold=0.5)
-    assert m.points_a.shape == (HO * WO, 2) and m.grid_hw == (HO, WO)
+def test_grid_cells_are_cell_centres_and_their_warps():
+    g = pair_grid()
+    pa, pb = g.points_a.numpy().reshape(-1, 2), g.points_b_px().numpy().reshape(-1, 2)
+    assert pa.shape == (HO * WO, 2) and g.grid_hw == (HO, WO)
     # cell (i, j) = index i * WO + j; its centre in A px: x (j + 0.5) * 4 - 0.5, y (i + 0.5) * 3 - 0.5
     k = 37 * WO + 101
-    assert m.points_a[k] == pytest.approx([(101 + 0.5) * 4 - 0.5, (37 + 0.5) * 3 - 0.5])
-    xb, yb = affine(m.points_a[:, 0], m.points_a[:, 1])
-    np.testing.assert_allclose(m.points_b, np.c_[xb, yb], atol=2e-3)
-    np.testing.assert_allclose(m.cov_b[k], [[9.0, 0.625], [0.625, 0.5625]], rtol=1e-5)
-
-
-def test_strided_grid_matches_keep_their_cells_centres():
-    warp, overlap, cov = grid_outputs()
-    full = grid_matches(warp, overlap, cov, HW_A, HW_B, threshold=0.5)
-    sparse = grid_matches(warp, overlap, cov, HW_A, HW_B, threshold=0.5, stride=4)
-    assert sparse.grid_hw == (40, 40)
-    take = (np.arange(HO)[::4, None] * WO + np.arange(WO)[None, ::4]).ravel()
-    np.testing.assert_array_equal(sparse.points_a, full.points_a[take])
-    np.testing.assert_array_equal(sparse.points_b, full.points_b[take])
+    assert pa[k] == pytest.approx([(101 + 0.5) * 4 - 0.5, (37 + 0.5) * 3 - 0.5])
+    xb, yb = affine(pa[:, 0].astype(np.float64), pa[:, 1].astype(np.float64))
+    np.testing.assert_allclose(pb, np.c_[xb, yb], atol=2e-3)
+    cell = g.cells(torch.tensor([k])).numpy()[0]             # x, y, certainty, sxx, sxy, syy
+    np.testing.assert_allclose(cell[:2], pb[k], rtol=1e-6)
+    np.testing.assert_allclose(cell[2:], [0.7, 9.0, 0.625, 0.5625], rtol=1e-5)
+    inside = (xb >= -0.5) & (xb <= 799.5) & (yb >= -0.5) & (yb <= 399.5)
+    np.testing.assert_array_equal(g.valid.numpy().ravel(), inside)

@@ -1,4 +1,5 @@
-"""Host -> device uploads and stage clocks (CUDA paths: gpu-marked, and faked for the logic)."""
+"""Host <-> device traffic: uploads, one-copy staging of results, device timers (CUDA paths:
+gpu-marked)."""
 import numpy as np
 import pytest
 import torch
@@ -15,21 +16,48 @@ def test_upload_keeps_uint8_and_lays_out_bchw():
         np.testing.assert_array_equal(x[i].permute(1, 2, 0).numpy(), img)
 
 
-def test_stage_clock_synchronises_the_configured_cuda_device(monkeypatch):
-    """On CUDA a stage's time must include its kernels: the device is synchronised before
-    the clock starts and before it stops (faked here: no GPU needed)."""
-    calls = []
-    monkeypatch.setattr(torch.cuda, 'synchronize', lambda device=None: calls.append(device))
-    clock = transfer.StageClock('cuda:1')
-    timings = {}
-    with clock.stage('model', timings):
-        calls.append('work')
-    assert calls == [torch.device('cuda:1'), 'work', torch.device('cuda:1')]
-    assert timings['model'] >= 0
-    calls.clear()
-    with transfer.StageClock('cpu').stage('model', timings):
-        pass
-    assert calls == []
+def test_staging_on_the_cpu_hands_the_tensors_over_without_a_copy():
+    t = {'a': torch.arange(12, dtype=torch.float32).reshape(3, 4), 'b': torch.tensor([True])}
+    staged = transfer.HostStaging('cpu').stage(t)
+    host = staged.wait()
+    assert np.shares_memory(host['a'], t['a'].numpy())
+    np.testing.assert_array_equal(host['b'], [True])
+    staged.release()
+
+
+def test_device_timer_on_the_cpu_is_wall_clock():
+    timer = transfer.DeviceTimer('cpu').start()
+    torch.ones(1000).sum()
+    assert timer.stop().seconds() >= 0
+
+
+@pytest.mark.gpu
+def test_staging_on_cuda_is_one_copy_into_reused_pinned_buffers():
+    """Several results of mixed dtypes and shapes come back exactly, through one pinned
+    buffer that the next set reuses once released."""
+    staging = transfer.HostStaging('cuda')
+    want = {'f': torch.randn(5, 7, 3), 'b': torch.rand(9) > 0.5,
+            'i': torch.arange(5, dtype=torch.int64), 's': torch.tensor(2.5)}
+    staged = staging.stage({k: v.cuda() for k, v in want.items()})
+    host = staged.wait()
+    for k, v in want.items():
+        np.testing.assert_array_equal(host[k], v.numpy())
+    buffer = staged._host
+    assert buffer.is_pinned()
+    staged.release()
+    again = staging.stage({k: v.cuda() for k, v in want.items()})
+    again.wait()
+    assert again._host.data_ptr() == buffer.data_ptr()      # reused, not reallocated
+
+
+@pytest.mark.gpu
+def test_device_timer_measures_the_device_without_blocking():
+    timer = transfer.DeviceTimer('cuda').start()
+    x = torch.randn(2048, 2048, device='cuda')
+    for _ in range(10):
+        x = x @ x / 2048
+    timer.stop()
+    assert timer.seconds() > 0
 
 
 @pytest.mark.gpu
