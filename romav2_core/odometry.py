@@ -6,29 +6,36 @@ are REP 103, row-major over ``(x, y, z, rot X, rot Y, rot Z)`` with rotations ab
 axes of the frame the pose is expressed in: ``R = Exp(d_theta) R_hat``, ``t = t_hat + d_t``.
 
 :func:`estimate_metric_pose`: A's points in 3D from its stereo depth, their matches in B in 2D;
-robust PnP (OpenCV RANSAC), then Gauss-Newton over the pose *and* every point's inverse
-depth on the reprojection error whitened by each match's predicted covariance plus the
+robust PnP (OpenCV USAC, P3P samples), then Gauss-Newton over the pose *and* every point's
+inverse depth on the reprojection error whitened by each match's predicted covariance plus the
 disparity error whitened by its stereo match's x-variance (the depth uncertainty, in the
-space where it is Gaussian), with one inlier re-selection. The pose covariance is the inverse
-of the depth-reduced (Schur complement) Gauss-Newton Hessian, scaled up by the a-posteriori
+space where it is Gaussian): first robustly (Cauchy) on the matches near the RANSAC model to
+re-select the inliers, then by least squares on those. The pose covariance is the inverse of
+the depth-reduced (Schur complement) Gauss-Newton Hessian, scaled up by the a-posteriori
 variance factor when that exceeds 1 (the residuals say the predicted covariances are
-optimistic), never down.
+optimistic), never down. The Jacobians are analytic (``bench/bench_pose.py`` measures time
+and accuracy).
 
-:class:`Odometry`: the chained pose of the camera in a fixed odometry frame (the camera's pose
-at the start), with first-order covariance propagation, and the twist over each step.
+:func:`compose` and :func:`twist`: poses chained with first-order covariance propagation and
+the velocity over a step (``tracking.py`` chains keyframes with them).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 import cv2
 import numpy as np
 
-from romav2_core.pose import MIN_EIGENVALUE, PoseEstimate
+from romav2_core.pose import (GN_COARSE_DECREMENT_TOL, GN_DECREMENT_TOL, MIN_EIGENVALUE,
+                              RANSAC_CONFIDENCE, RANSAC_MAX_ITERS, PoseEstimate, cauchy_scale,
+                              irls_sqrt_weights, robust_cost)
 
 #: Fewest 3D-2D matches accepted (P3P plus a margin for RANSAC).
 MIN_POINTS = 12
+#: The fit that re-selects the inliers uses the matches within this many inlier thresholds of
+#: the RANSAC model (robustly): the noisy depths spread the inliers' reprojection errors, and a
+#: fit on only those within the threshold would stay biased toward the model that chose them.
+SELECTION_BAND = 3.0
 
 
 def _skew(v: np.ndarray) -> np.ndarray:
@@ -58,27 +65,35 @@ def backproject(points_px: np.ndarray, inverse_depth: np.ndarray, K: np.ndarray)
 
 
 def _projection(Y: np.ndarray, K: np.ndarray) -> tuple:
-    """Pixels ``[N x 2]`` of camera-frame points ``Y`` and the Jacobian ``[N x 2 x 3]``."""
-    z = Y[:, 2]
+    """Pixels ``[N x 2]`` of camera-frame points ``Y`` ``[N x 3]`` and the rows of the
+    projection's Jacobian: ``du/dY = (fx/z, 0, -fx x/z)``, ``dv/dY = (0, fy/z, -fy y/z)``
+    with ``(x, y) = (X/z, Y/z)``, returned as ``(fx/z, fy/z, x, y)`` ``[N]`` each."""
+    inv_z = 1 / Y[:, 2]
+    x, y = Y[:, 0] * inv_z, Y[:, 1] * inv_z
     fx, fy = K[0, 0], K[1, 1]
-    px = np.c_[fx * Y[:, 0] / z + K[0, 2], fy * Y[:, 1] / z + K[1, 2]]
-    J = np.zeros((len(Y), 2, 3))
-    J[:, 0, 0] = fx / z
-    J[:, 0, 2] = -fx * Y[:, 0] / z ** 2
-    J[:, 1, 1] = fy / z
-    J[:, 1, 2] = -fy * Y[:, 1] / z ** 2
-    return px, J
+    px = np.stack([fx * x + K[0, 2], fy * y + K[1, 2]], axis=1)
+    return px, (fx * inv_z, fy * inv_z, x, y)
+
+
+def _whitening(cov: np.ndarray) -> tuple:
+    """``[N x 2 x 2]`` covariances (px^2) -> the entries ``(w00, w10, w11)`` ``[N]`` each of
+    the lower-triangular ``W = L^-1``, ``L L^T = cov`` (Cholesky, closed form)."""
+    a = np.sqrt(cov[:, 0, 0] + 1e-12)
+    b = cov[:, 1, 0] / a
+    c = np.sqrt(cov[:, 1, 1] + 1e-12 - b * b)
+    return 1 / a, -b / (a * c), 1 / c
 
 
 class _StereoPnP:
     """Pose (``R``, ``t``) and one inverse depth per point, jointly: the whitened
     reprojection error in B and the disparity error of A's stereo measurement.
 
-    Residuals of point i: ``L_i^-1 (pi(R ray_i / rho_i + t) - x_i)`` (2, ``L L^T`` = its match
-    covariance) and ``(d_i - f T rho_i) / sigma_d_i`` (1). The depths are eliminated from the
-    normal equations (Schur complement), so each step and the pose's covariance account for
-    the depth uncertainty exactly to first order, without weights that depend on the noisy
-    depths themselves (which would bias the scale).
+    Residuals of point i: ``W_i (pi(R ray_i / rho_i + t) - x_i)`` (2, ``W = L^-1``, ``L L^T``
+    its match covariance) and ``(d_i - f T rho_i) / sigma_d_i`` (1). The depths are
+    eliminated from the normal equations (Schur complement), so each step and the pose's
+    covariance account for the depth uncertainty exactly to first order, without weights that
+    depend on the noisy depths themselves (which would bias the scale). The pose offset is
+    ``(d_t, d_theta)``: ``t + d_t``, ``Exp(d_theta) R``.
     """
 
     def __init__(self, rays, obs, W, disparity, sigma_d, fT, K):
@@ -86,72 +101,118 @@ class _StereoPnP:
             rays, obs, W, disparity, sigma_d, fT, K
 
     def residuals(self, R, t, rho):
+        """Whitened reprojection residuals ``[2N]`` (all u rows, then all v rows), disparity
+        residuals ``[N]``, the points in B ``[N x 3]`` and the projection terms of
+        :func:`_projection`."""
         Y = (self.rays / rho[:, None]) @ R.T + t
-        px, J = _projection(Y, self.K)
-        r = np.einsum('nij,nj->ni', self.W, px - self.obs)
-        r[Y[:, 2] <= 0] = 1e3            # behind the camera: a large, finite penalty
-        return r, (self.d - self.fT * rho) / self.sigma_d, Y, J
+        px, proj = _projection(Y, self.K)
+        e = px - self.obs
+        w00, w10, w11 = self.W
+        r = np.concatenate([w00 * e[:, 0], w10 * e[:, 0] + w11 * e[:, 1]])
+        r[np.tile(Y[:, 2] <= 0, 2)] = 1e3    # behind the camera: a large, finite penalty
+        return r, (self.d - self.fT * rho) / self.sigma_d, Y, proj
 
-    def cost(self, R, t, rho) -> float:
-        r, rd, _, _ = self.residuals(R, t, rho)
-        return float(np.sum(r * r) + rd @ rd)
+    @staticmethod
+    def cost(residuals, scale: Optional[float] = None) -> float:
+        """``sum r^2`` over all residuals, or with a ``scale`` their Cauchy loss."""
+        return robust_cost(np.concatenate(residuals[:2]), scale)
 
-    def normal_equations(self, R, t, rho):
-        """Reduced (pose-only) system ``S dp = -b`` and what back-substitution needs."""
-        r, rd, Y, Jpi = self.residuals(R, t, rho)
-        WJ = np.einsum('nij,njk->nik', self.W, Jpi)                       # [N x 2 x 3]
-        Jp = np.concatenate([WJ, -np.einsum('nij,njk->nik', WJ, _skew_batch(Y - t))], axis=2)
-        Jrho = -np.einsum('nij,nj->ni', WJ, (self.rays / rho[:, None] ** 2) @ R.T)  # [N x 2]
-        Jd = -self.fT / self.sigma_d                                      # [N]
-        Hpp = np.einsum('nij,nik->jk', Jp, Jp)
-        Hpr = np.einsum('nij,ni->nj', Jp, Jrho)                           # [N x 6]
-        Hrr = np.einsum('ni,ni->n', Jrho, Jrho) + Jd * Jd
-        gp = np.einsum('nij,ni->j', Jp, r)
-        gr = np.einsum('ni,ni->n', Jrho, r) + Jd * rd
+    def normal_equations(self, R, t, rho, residuals, scale: Optional[float] = None):
+        """Reduced (pose-only) system ``S dp = -b`` at ``residuals`` (of this pose) and what
+        back-substitution needs: ``(S, b, Hpr [N x 6], Hrr [N], gr [N])``; with a Cauchy
+        ``scale`` the iteratively-reweighted system."""
+        r, rd, Y, (fx_z, fy_z, x, y) = residuals
+        w00, w10, w11 = self.W
+        n = len(x)
+        # W dpi/dY, row u = w00 (fx/z, 0, -fx x/z), row v = w10 (fx/z, 0, -fx x/z)
+        # + w11 (0, fy/z, -fy y/z); d Y = d_t + d_theta x (R X): the rotation columns of a row
+        # a are (R X) x a. J: [2N x 6] over (d_t, d_theta), the u rows then the v rows.
+        J = np.empty((2 * n, 6))
+        u, v = J[:n], J[n:]
+        u[:, 0] = w00 * fx_z
+        u[:, 1] = 0
+        u[:, 2] = -u[:, 0] * x
+        v[:, 0] = w10 * fx_z
+        v[:, 1] = w11 * fy_z
+        v[:, 2] = -v[:, 0] * x - v[:, 1] * y
+        rx, ry, rz = (Y - t).T
+        for rows in (u, v):
+            a0, a1, a2 = rows[:, 0], rows[:, 1], rows[:, 2]
+            rows[:, 3] = ry * a2 - rz * a1
+            rows[:, 4] = rz * a0 - rx * a2
+            rows[:, 5] = rx * a1 - ry * a0
+        # d Y / d rho = -R ray / rho^2 = -R X / rho
+        j_rho = np.concatenate([u[:, 0] * rx + u[:, 2] * rz,
+                                v[:, 0] * rx + v[:, 1] * ry + v[:, 2] * rz]) / -np.tile(rho, 2)
+        Jd = -self.fT / self.sigma_d                                          # [N]
+        if scale is not None:            # rows times the square roots of their weights
+            sw, sw_d = irls_sqrt_weights(r, scale), irls_sqrt_weights(rd, scale)
+            J, j_rho, r = J * sw[:, None], j_rho * sw, r * sw
+            Jd, rd = Jd * sw_d, rd * sw_d
+        Hpp = J.T @ J
+        Jj = J * j_rho[:, None]
+        Hpr = Jj[:n] + Jj[n:]                                                 # [N x 6]
+        jr = j_rho * r
+        Hrr = j_rho[:n] ** 2 + j_rho[n:] ** 2 + Jd * Jd
+        gr = jr[:n] + jr[n:] + Jd * rd
         S = Hpp - (Hpr / Hrr[:, None]).T @ Hpr
-        b = gp - (Hpr * (gr / Hrr)[:, None]).sum(axis=0)
+        b = J.T @ r - Hpr.T @ (gr / Hrr)
         return S, b, Hpr, Hrr, gr
 
-    def refine(self, R, t, rho, iterations=10):
-        cost = self.cost(R, t, rho)
-        for _ in range(iterations):
-            S, b, Hpr, Hrr, gr = self.normal_equations(R, t, rho)
+    def refine(self, R, t, rho, tol=GN_DECREMENT_TOL, robust=False, max_iterations=10):
+        """Gauss-Newton until the decrease that the pose's step predicts (the depths
+        eliminated) is below ``tol``; a step is kept only if it lowers the cost. ``robust``:
+        the Cauchy loss of :func:`cauchy_scale` (fixed at the start) instead of the squares.
+        Returns ``(R, t, rho, cost, S)``, ``S`` the reduced Hessian at the result."""
+        res = self.residuals(R, t, rho)
+        scale = cauchy_scale(np.concatenate(res[:2])) if robust else None
+        cost = self.cost(res, scale)
+        S, b, Hpr, Hrr, gr = self.normal_equations(R, t, rho, res, scale)
+        for _ in range(max_iterations):
             dp = -np.linalg.solve(S + 1e-12 * np.eye(6), b)
+            if -b @ dp < tol:       # the decrease the pose's own (depth-reduced) step predicts
+                break
             drho = -(gr + Hpr @ dp) / Hrr
             R_new, t_new = _exp(dp[3:]) @ R, t + dp[:3]
             rho_new = np.maximum(rho + drho, 1e-6)
-            cost_new = self.cost(R_new, t_new, rho_new)
+            res_new = self.residuals(R_new, t_new, rho_new)
+            cost_new = self.cost(res_new, scale)
             if not cost_new < cost:
                 break
-            done = cost - cost_new < 1e-10 * cost
             R, t, rho, cost = R_new, t_new, rho_new, cost_new
-            if done:
-                break
-        return R, t, rho, cost
+            S, b, Hpr, Hrr, gr = self.normal_equations(R, t, rho, res_new, scale)
+        return R, t, rho, cost, S
 
 
-def _skew_batch(v: np.ndarray) -> np.ndarray:
-    """``[N x 3]`` -> ``[N x 3 x 3]`` cross-product matrices."""
-    z = np.zeros(len(v))
-    return np.stack([np.stack([z, -v[:, 2], v[:, 1]], -1), np.stack([v[:, 2], z, -v[:, 0]], -1),
-                     np.stack([-v[:, 1], v[:, 0], z], -1)], axis=1)
-
-
-def _whitening(cov: np.ndarray) -> np.ndarray:
-    """``[N x 2 x 2]`` L^-1 with ``L L^T = cov`` (px^2)."""
-    return np.linalg.inv(np.linalg.cholesky(cov + 1e-12 * np.eye(2)))
+def _ransac_pnp(X, points_b, K_b, threshold_px, confidence, max_iters):
+    """Robust PnP of 3D points ``X`` ``[N x 3]`` (A's frame) and their pixels in B: OpenCV's
+    USAC (P3P samples, MSAC score) without its local optimisation and polishing, which the
+    refinement does; ``(R, t, inliers [N] bool)`` or None."""
+    params = cv2.UsacParams()
+    params.threshold, params.confidence, params.maxIterations = \
+        threshold_px, confidence, max_iters
+    params.score = cv2.SCORE_METHOD_MSAC
+    params.loMethod = cv2.LOCAL_OPTIM_NULL
+    params.final_polisher = cv2.NONE_POLISHER
+    ok, _, rvec, tvec, idx = cv2.solvePnPRansac(X, points_b, K_b.copy(), None, params=params)
+    if not ok or idx is None:
+        return None
+    inliers = np.zeros(len(X), bool)
+    inliers[idx.ravel()] = True
+    return _exp(rvec), tvec.ravel(), inliers
 
 
 def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b, K_a, K_b,
                          fT: float, ransac_threshold_px: float = 2.0,
-                         confidence: float = 0.9999, max_iters: int = 1000
-                         ) -> Optional[PoseEstimate]:
+                         confidence: float = RANSAC_CONFIDENCE,
+                         max_iters: int = RANSAC_MAX_ITERS) -> Optional[PoseEstimate]:
     """Metric pose of camera A in camera B from A's stereo disparities and matches A -> B.
 
     ``points_a`` ``[N x 2]``: OpenCV px of A (the left image of a rectified pair), with their
     disparities ``disparity_a`` ``[N]`` (px, the DisparityImage convention: ``Z = fT / d``)
     and its variance ``var_disparity_a`` ``[N]`` (px^2); ``points_b`` ``[N x 2]``: their
-    matches in B, covariances ``cov_b`` ``[N x 2 x 2]`` (px^2; non-finite -> 1 px^2).
+    matches in B, covariances ``cov_b`` ``[N x 2 x 2]`` (px^2; non-finite or not positive
+    definite -> 1 px^2).
     ``K_a``, ``K_b``: rectified camera matrices; ``fT``: focal length x baseline (px m).
     Returns None with fewer than :data:`MIN_POINTS` usable matches or when no model is found.
     """
@@ -160,7 +221,9 @@ def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b
     d = np.asarray(disparity_a, np.float64).ravel()
     var_d = np.asarray(var_disparity_a, np.float64).ravel()
     cov = np.asarray(cov_b, np.float64).reshape(-1, 2, 2).copy()
-    bad_cov = ~np.isfinite(cov).all(axis=(1, 2)) | (cov[:, 0, 0] <= 0) | (cov[:, 1, 1] <= 0)
+    cov = (cov + cov.transpose(0, 2, 1)) / 2
+    det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
+    bad_cov = ~np.isfinite(cov).all(axis=(1, 2)) | (cov[:, 0, 0] <= 0) | (det <= 0)
     cov[bad_cov] = np.eye(2)
     usable = np.isfinite(d) & (d > 0) & np.isfinite(var_d) & (var_d > 0) & \
         np.isfinite(points_b).all(axis=1)
@@ -172,32 +235,30 @@ def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b
     K_b = np.asarray(K_b, np.float64).reshape(3, 3)
     rho0 = d / fT
     X, rays = backproject(points_a, rho0, K_a)
-    ok, rvec, tvec, idx = cv2.solvePnPRansac(
-        X, points_b, K_b, None, iterationsCount=max_iters, reprojectionError=ransac_threshold_px,
-        confidence=confidence, flags=cv2.SOLVEPNP_EPNP)
-    if not ok or idx is None or len(idx) < MIN_POINTS:
+    found = _ransac_pnp(X, points_b, K_b, ransac_threshold_px, confidence, max_iters)
+    if found is None or found[2].sum() < MIN_POINTS:
         return None
-    R, t = _exp(rvec), tvec.ravel()
-    inliers = np.zeros(n, bool)
-    inliers[idx.ravel()] = True
+    R, t, inliers = found
     W, sigma_d = _whitening(cov), np.sqrt(var_d)
 
-    def fit(mask, R, t):
-        problem = _StereoPnP(rays[mask], points_b[mask], W[mask], d[mask], sigma_d[mask], fT,
-                             K_b)
-        R, t, rho, cost = problem.refine(R, t, rho0[mask])
-        return problem, R, t, rho, cost
+    def fit(mask, R, t, tol=GN_DECREMENT_TOL, robust=False):
+        problem = _StereoPnP(rays[mask], points_b[mask], tuple(w[mask] for w in W), d[mask],
+                             sigma_d[mask], fT, K_b)
+        return problem.refine(R, t, rho0[mask], tol, robust)
 
     def reprojection_px(R, t, rho):
         px, _ = _projection((rays / rho[:, None]) @ R.T + t, K_b)
         return np.linalg.norm(px - points_b, axis=1)
 
-    problem, R, t, rho, cost = fit(inliers, R, t)
+    # A robust fit on the matches near the RANSAC model (SELECTION_BAND) good enough to
+    # re-select the inliers, then the least-squares fit on those (the local-optimisation step
+    # of LO-RANSAC).
+    near = reprojection_px(R, t, rho0) < SELECTION_BAND * ransac_threshold_px
+    R, t, _, _, _ = fit(near, R, t, GN_COARSE_DECREMENT_TOL, robust=True)
     reselected = reprojection_px(R, t, rho0) < ransac_threshold_px
-    if reselected.sum() >= MIN_POINTS and (reselected != inliers).any():
+    if reselected.sum() >= MIN_POINTS:
         inliers = reselected
-        problem, R, t, rho, cost = fit(inliers, R, t)
-    S = problem.normal_equations(R, t, rho)[0]
+    R, t, rho, cost, S = fit(inliers, R, t)
     m = int(inliers.sum())
     dof = max(3 * m - 6 - m, 1)            # 3 residuals a point, 6 pose + 1 depth parameters
     covariance = np.linalg.pinv(S) * max(1.0, cost / dof)
@@ -240,43 +301,3 @@ def twist(R, t, cov, dt: float) -> tuple:
     J[:3, 3:] = R.T @ _skew(t) / dt
     J[3:, 3:] = _left_jacobian_inverse(theta) / dt
     return v, w, _spd(J @ cov @ J.T)
-
-
-@dataclass
-class OdometryStep:
-    """The odometry after one frame: pose of the camera in the odometry frame, twist."""
-
-    R: np.ndarray              # [3 x 3] camera orientation in the odometry frame
-    p: np.ndarray              # [3] camera position, m
-    covariance: np.ndarray     # [6 x 6] REP 103, odometry-frame axes
-    linear: np.ndarray         # [3] m/s in the camera frame
-    angular: np.ndarray        # [3] rad/s in the camera frame
-    twist_covariance: np.ndarray   # [6 x 6]
-    segment: int               # 0, 1, ... a new one after every reset
-
-
-class Odometry:
-    """The camera's pose in the odometry frame (its pose when the odometry started), chained
-    from relative poses. :meth:`reset` starts a new segment: the next step continues from the
-    last pose (the odometry frame stays continuous, REP 105), the motion while tracking was
-    lost is not integrated (it is unknown), and nothing failed is ever chained."""
-
-    def __init__(self):
-        self.R, self.p, self.covariance = np.eye(3), np.zeros(3), np.zeros((6, 6))
-        self.segment = 0
-        self._broken = False
-
-    def reset(self) -> None:
-        self._broken = True
-
-    def step(self, rel: PoseEstimate, dt: float) -> OdometryStep:
-        """Chain ``rel`` (pose of the camera now in its frame ``dt`` s before)."""
-        if self._broken:
-            self.segment += 1
-            self._broken = False
-        self.R, self.p, self.covariance = compose(self.R, self.p, self.covariance, rel.R,
-                                                  rel.t, rel.covariance)
-        v, w, cov_twist = twist(rel.R, rel.t, rel.covariance, dt)
-        return OdometryStep(R=self.R.copy(), p=self.p.copy(), covariance=self.covariance.copy(),
-                            linear=v, angular=w, twist_covariance=cov_twist,
-                            segment=self.segment)

@@ -13,9 +13,13 @@ Conventions
   variance :data:`UNOBSERVABLE_VARIANCE` (m^2) so consumers see it as unknown, never as exact.
 
 Estimation: undistort to normalised camera coordinates with the CameraInfo distortion model,
-robust essential matrix (OpenCV USAC MAGSAC++), cheirality (``recoverPose``), then a few
-Gauss-Newton steps on the covariance-weighted Sampson error of the inliers, whose inverse
-Hessian is the 5-DoF covariance.
+robust essential matrix (OpenCV USAC, :data:`RANSAC_METHOD`), cheirality (the decomposition with
+the most RANSAC inliers in front of both cameras), a robust (Cauchy) Gauss-Newton fit on the
+RANSAC inliers that re-selects the inliers by the pixel threshold, then Gauss-Newton on the
+covariance-weighted Sampson error of those inliers, whose inverse Hessian is the 5-DoF
+covariance. The Jacobians are analytic; the undistortion Jacobian that carries the pixel
+covariances to normalised coordinates is ``K^-1`` on rectified images and OpenCV's projection
+Jacobian, inverted, on distorted ones. ``bench/bench_pose.py`` measures time and accuracy.
 """
 from __future__ import annotations
 
@@ -33,6 +37,14 @@ UNOBSERVABLE_VARIANCE = 1e6
 MIN_EIGENVALUE = 1e-12
 #: Fewest matches the estimator accepts (the 5-point solver plus a margin for RANSAC).
 MIN_MATCHES = 8
+#: Robust estimator of the essential matrix (OpenCV's USAC_FAST preset: LO-RANSAC with a short
+#: local optimisation) and the stopping rule of both estimators' RANSAC: enough samples to
+#: draw an all-inlier one with this confidence at the best inlier ratio found so far, at most
+#: RANSAC_MAX_ITERS. The refinement that follows does the accuracy; bench/bench_pose.py
+#: compares them with the MAGSAC++ / 0.9999 / 10000 iterations this replaced.
+RANSAC_METHOD = cv2.USAC_FAST
+RANSAC_CONFIDENCE = 0.999
+RANSAC_MAX_ITERS = 1000
 
 
 @dataclass
@@ -98,50 +110,60 @@ def normalize_points(points_px: np.ndarray, K: np.ndarray, D: Optional[np.ndarra
                      f'{DISTORTION_MODELS}')
 
 
-def _normalized_covariance(points_px, cov_px, K, D, model) -> np.ndarray:
-    """Propagate pixel covariances ``[N x 2 x 2]`` to normalised coordinates.
+def undistortion_jacobian(normalized: np.ndarray, K: np.ndarray, D: Optional[np.ndarray] = None,
+                          distortion_model: str = 'plumb_bob') -> np.ndarray:
+    """``[N x 2 x 2]`` derivative of the normalised coordinates by the pixel, at the undistorted
+    normalised points ``normalized`` ``[N x 2]`` (:func:`normalize_points` of the pixels).
 
-    The undistortion Jacobian is taken by central differences (it is not the plain K^-1 when
-    the lens distorts). Unknown (non-finite or not positive semi-definite) covariances are
-    replaced by 1 px^2 isotropic.
+    Rectified (``D`` None or zero): ``K^-1``'s 2x2 block, the same for every point. Otherwise the
+    inverse of the lens projection's Jacobian at the point (inverse function theorem), which
+    OpenCV's projection gives in closed form: a point ``(x, y, 1)`` moved by ``tvec`` projects
+    like ``(x, y)`` moved by ``tvec``'s ``x, y``.
     """
-    n = len(points_px)
-    if cov_px is None:
-        return np.zeros((n, 2, 2))
-    cov = np.asarray(cov_px, np.float64).reshape(n, 2, 2).copy()
-    det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] * cov[:, 1, 0]
+    K = np.asarray(K, np.float64).reshape(3, 3)
+    n = len(normalized)
+    if D is None or not np.any(D):
+        return np.broadcast_to(np.linalg.inv(K[:2, :2]), (n, 2, 2))
+    D = np.asarray(D, np.float64).ravel()
+    rays = np.c_[normalized, np.ones(n)].reshape(-1, 1, 3)
+    zero = np.zeros(3)
+    if distortion_model == 'equidistant':
+        # columns: f (2), c (2), k (4), rvec (3), tvec (3), skew
+        jac = cv2.fisheye.projectPoints(rays, zero, zero, K, D[:4])[1][:, 11:13]
+    else:
+        # columns: rvec (3), tvec (3), f (2), c (2), distortion
+        jac = cv2.projectPoints(rays, zero, zero, K, D)[1][:, 3:5]
+    a, b = jac[0::2, 0], jac[0::2, 1]          # d px / d (x, y) of each point
+    c, d = jac[1::2, 0], jac[1::2, 1]
+    inverse = np.stack([np.stack([d, -b], -1), np.stack([-c, a], -1)], 1)
+    return inverse / (a * d - b * c)[:, None, None]
+
+
+def _normalized_covariance(cov_px, jacobian) -> np.ndarray:
+    """Pixel covariances ``[N x 2 x 2]`` (px^2) to normalised coordinates, ``J C J^T`` with
+    :func:`undistortion_jacobian` ``J``; symmetric by construction. Unknown (non-finite or
+    not positive semi-definite) covariances are replaced by 1 px^2 isotropic."""
+    n = len(jacobian)
+    cov = np.asarray(cov_px, np.float64).reshape(n, 2, 2)
+    cov = (cov + cov.transpose(0, 2, 1)) / 2
+    det = cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
     bad = ~np.isfinite(cov).all(axis=(1, 2)) | (det < 0) | (cov[:, 0, 0] < 0)
-    cov[bad] = np.eye(2)
-    h = 0.5
-    jac = np.empty((n, 2, 2))
-    for k in range(2):
-        step = np.zeros(2)
-        step[k] = h
-        jac[:, :, k] = (normalize_points(points_px + step, K, D, model)
-                        - normalize_points(points_px - step, K, D, model)) / (2 * h)
-    return jac @ cov @ jac.transpose(0, 2, 1)
+    if bad.any():
+        cov[bad] = np.eye(2)
+    return jacobian @ cov @ jacobian.transpose(0, 2, 1)
 
 
 def _skew(v: np.ndarray) -> np.ndarray:
     return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
 
 
+#: The cross-product matrices of the unit axes, ``[3 x 3 x 3]``.
+_AXIS_SKEWS = np.stack([_skew(e) for e in np.eye(3)])
+
+
 def _tangent_basis(t: np.ndarray) -> np.ndarray:
     """``[3 x 2]`` orthonormal basis of the plane orthogonal to unit ``t``."""
     return np.linalg.svd(t.reshape(1, 3))[2][1:].T
-
-
-def _weighted_sampson(R, t, xa, xb, cov_a, cov_b) -> np.ndarray:
-    """Residual ``x_b^T E x_a / sigma`` per match, ``sigma`` from the point covariances."""
-    E = _skew(t) @ R
-    ha = np.concatenate([xa, np.ones((len(xa), 1))], axis=1)
-    hb = np.concatenate([xb, np.ones((len(xb), 1))], axis=1)
-    line_b = ha @ E.T                  # E x_a: the epipolar line in B
-    line_a = hb @ E                    # E^T x_b: the epipolar line in A
-    err = np.einsum('ij,ij->i', hb, line_b)
-    var = (np.einsum('ni,nij,nj->n', line_b[:, :2], cov_b, line_b[:, :2])
-           + np.einsum('ni,nij,nj->n', line_a[:, :2], cov_a, line_a[:, :2]))
-    return err / np.sqrt(np.maximum(var, 1e-30))
 
 
 def _perturb(R0, t0, basis, p):
@@ -151,35 +173,172 @@ def _perturb(R0, t0, basis, p):
     return R, t / np.linalg.norm(t)
 
 
-def _jacobian(R0, t0, basis, residual, h=1e-6) -> np.ndarray:
-    cols = []
-    for k in range(5):
-        dp = np.zeros(5)
-        dp[k] = h
-        cols.append((residual(*_perturb(R0, t0, basis, dp))
-                     - residual(*_perturb(R0, t0, basis, -dp))) / (2 * h))
-    return np.stack(cols, axis=1)
+class _WeightedSampson:
+    """Residual ``x_b^T E x_a / sigma`` per match, ``E = [t]x R``, ``sigma^2`` the variance of
+    ``x_b^T E x_a`` from the point covariances (first order), with its exact Jacobian over
+    the 5-DoF offset of :func:`_perturb`.
 
-
-def _refine(R, t, residual, iterations=5):
-    """Gauss-Newton on the weighted Sampson error; a step is kept only if it lowers the cost.
-
-    Returns the refined ``(R, t)`` and the Jacobian of the residuals there, ``[N x 5]``.
+    ``xa``, ``xb``: ``[N x 2]`` normalised points; ``cov_a``, ``cov_b``: ``[N x 2 x 2]``
+    symmetric covariances of them (``cov_a`` None: A exact). Everything is kept as flat
+    per-match arrays, so the sums over 2 or 3 coordinates are matrix products.
     """
-    cost = float(np.sum(residual(R, t) ** 2))
+
+    def __init__(self, xa, xb, cov_a, cov_b):
+        self.xa, self.xb = np.c_[xa, np.ones(len(xa))], np.c_[xb, np.ones(len(xb))]
+        self.outer = (self.xb[:, :, None] * self.xa[:, None, :]).reshape(-1, 9)  # x_b x_a^T
+        self.cov_a = None if cov_a is None else _components(cov_a)
+        self.cov_b = _components(cov_b)
+
+    def subset(self, mask) -> '_WeightedSampson':
+        out = _WeightedSampson.__new__(_WeightedSampson)
+        out.xa, out.xb, out.outer = self.xa[mask], self.xb[mask], self.outer[mask]
+        out.cov_a = None if self.cov_a is None else self.cov_a[:, mask]
+        out.cov_b = self.cov_b[:, mask]
+        return out
+
+    def evaluate(self, R, t, basis=None):
+        """Residuals ``[N]`` and, with the tangent ``basis`` of ``t``, the Jacobian ``[N x 5]``.
+
+        With ``l`` the first two coefficients of an epipolar line and ``w = C l``, the
+        variance is ``l_b.w_b + l_a.w_a``; a generator ``G = dE`` moves the error by
+        ``x_b^T G x_a`` and the half variance by ``w_b.(G x_a)[:2] + w_a.(G^T x_b)[:2]``.
+        """
+        E = _skew(t) @ R
+        err = self.outer @ E.ravel()
+        wb0, wb1, var = _line_weights(self.cov_b, self.xa @ E[0], self.xa @ E[1])  # E x_a
+        if self.cov_a is not None:
+            wa0, wa1, var_a = _line_weights(self.cov_a, self.xb @ E[:, 0], self.xb @ E[:, 1])
+            var = var + var_a
+        sigma = np.sqrt(np.maximum(var, 1e-30))
+        r = err / sigma
+        if basis is None:
+            return r, None
+        # dE of R = Exp(d_theta) R (rotation about B's axes) and of t along the basis
+        G = np.concatenate([_skew(t) @ _AXIS_SKEWS @ R, np.stack([_skew(b) @ R for b in basis.T])])
+        d_err = self.outer @ G.reshape(5, 9).T                                  # [N x 5]
+        d_half_var = wb0[:, None] * (self.xa @ G[:, 0].T) + wb1[:, None] * (self.xa @ G[:, 1].T)
+        if self.cov_a is not None:
+            d_half_var += (wa0[:, None] * (self.xb @ G[:, :, 0].T)
+                           + wa1[:, None] * (self.xb @ G[:, :, 1].T))
+        return r, (d_err - (r / sigma)[:, None] * d_half_var) / sigma[:, None]
+
+    def sampson_px(self, R, t, focal: float) -> np.ndarray:
+        """Unweighted Sampson distance per match, px of the mean focal length ``focal``."""
+        E = _skew(t) @ R
+        norm2 = sum((x @ row) ** 2 for x, row in ((self.xa, E[0]), (self.xa, E[1]),
+                                                  (self.xb, E[:, 0]), (self.xb, E[:, 1])))
+        return np.abs(self.outer @ E.ravel()) / np.sqrt(np.maximum(norm2, 1e-30)) * focal
+
+
+def _components(cov: np.ndarray) -> np.ndarray:
+    """``[N x 2 x 2]`` symmetric -> ``[3 x N]`` rows ``(c_xx, c_xy, c_yy)``."""
+    return np.stack([cov[:, 0, 0], cov[:, 0, 1], cov[:, 1, 1]])
+
+
+def _line_weights(cov: np.ndarray, l0: np.ndarray, l1: np.ndarray) -> tuple:
+    """``w = C l`` and ``l.w`` per match for line coefficients ``(l0, l1)`` ``[N]`` and
+    covariances ``cov`` of :func:`_components`."""
+    w0, w1 = cov[0] * l0 + cov[1] * l1, cov[1] * l0 + cov[2] * l1
+    return w0, w1, l0 * w0 + l1 * w1
+
+
+#: Gauss-Newton stops when a step would lower the whitened cost by less than this; the
+#: estimate is then within about sqrt(this) standard deviations of the optimum.
+GN_DECREMENT_TOL = 1e-6
+#: The looser stopping rule of a fit that only selects the inliers for the final one
+#: (0.1 standard deviations).
+GN_COARSE_DECREMENT_TOL = 1e-2
+#: Scale of the Cauchy loss of a robust fit, in robust standard deviations of the whitened
+#: residuals (2.385: 95 % efficiency on Gaussian residuals).
+CAUCHY_SCALE = 2.385
+
+
+def cauchy_scale(r: np.ndarray) -> float:
+    """Scale of the Cauchy loss for whitened residuals ``r``: :data:`CAUCHY_SCALE` x their
+    robust spread (1.4826 x the median absolute residual), never below the predicted 1, so
+    that outliers which RANSAC's pixel threshold let in weigh little whether or not the given
+    covariances are optimistic."""
+    return CAUCHY_SCALE * max(1.0, 1.4826 * float(np.median(np.abs(r))))
+
+
+def irls_sqrt_weights(r: np.ndarray, scale: float) -> np.ndarray:
+    """Square roots of the iteratively-reweighted least-squares weights of the Cauchy loss
+    ``1 / (1 + (r / c)^2)``."""
+    return 1 / np.sqrt(1 + (r / scale) ** 2)
+
+
+def robust_cost(r: np.ndarray, scale: Optional[float] = None) -> float:
+    """``sum r^2``, or with a ``scale`` the Cauchy loss ``sum c^2 log(1 + (r / c)^2)``."""
+    if scale is None:
+        return float(r @ r)
+    return float(scale ** 2 * np.sum(np.log1p((r / scale) ** 2)))
+
+
+def _gauss_newton_step(J: np.ndarray, r: np.ndarray):
+    """The least-squares step of ``r + J p`` and the cost decrease it predicts
+    (``g^T H^-1 g``, whitened units)."""
+    g = J.T @ r
+    step = -np.linalg.lstsq(J.T @ J, g, rcond=None)[0]
+    return step, float(-g @ step)
+
+
+def _refine(problem: _WeightedSampson, R, t, robust: bool = False,
+            tol: float = GN_DECREMENT_TOL, max_iterations: int = 10):
+    """Gauss-Newton on the weighted Sampson error until the predicted decrease is below
+    ``tol``; a step is kept only if it lowers the cost. ``robust``: the Cauchy loss of
+    :func:`cauchy_scale` (fixed at the start) instead of the squares, by iteratively reweighted
+    least squares.
+
+    Returns the refined ``(R, t)``, the Jacobian ``[N x 5]`` and the residuals ``[N]`` there.
+    """
     basis = _tangent_basis(t)
-    J = _jacobian(R, t, basis, residual)
-    for _ in range(iterations):
-        r = residual(R, t)
-        step = np.linalg.lstsq(J, -r, rcond=None)[0]
+    r, J = problem.evaluate(R, t, basis)
+    scale = cauchy_scale(r) if robust else None
+    cost = robust_cost(r, scale)
+    for _ in range(max_iterations):
+        sw = np.ones_like(r) if scale is None else irls_sqrt_weights(r, scale)
+        step, decrease = _gauss_newton_step(J * sw[:, None], r * sw)
+        if decrease < tol:
+            break
         R_new, t_new = _perturb(R, t, basis, step)
-        cost_new = float(np.sum(residual(R_new, t_new) ** 2))
+        basis_new = _tangent_basis(t_new)
+        r_new, J_new = problem.evaluate(R_new, t_new, basis_new)
+        cost_new = robust_cost(r_new, scale)
         if not cost_new < cost:
             break
-        R, t, cost = R_new, t_new, cost_new
-        basis = _tangent_basis(t)
-        J = _jacobian(R, t, basis, residual)
-    return R, t, J
+        R, t, basis, r, J, cost = R_new, t_new, basis_new, r_new, J_new, cost_new
+    return R, t, J, r
+
+
+def _in_front_count(R, t, xa, xb) -> int:
+    """How many matches triangulate (closest points of the two rays) in front of both
+    cameras for the pose ``p_B = R p_A + t``; ``xa``, ``xb`` homogeneous ``[N x 3]``."""
+    m = xa @ R.T                               # A's rays in B
+    mm, bb, mb = np.sum(m * m, 1), np.sum(xb * xb, 1), np.sum(m * xb, 1)
+    mt, bt = m @ t, xb @ t
+    det = mm * bb - mb * mb                    # > 0 unless the rays are parallel
+    depth_a = mb * bt - bb * mt                # both times det
+    depth_b = mm * bt - mb * mt
+    return int(np.count_nonzero((depth_a > 0) & (depth_b > 0) & (det > 0)))
+
+
+def _decompose(E, xa, xb):
+    """The one of E's four ``(R, t)`` with the most matches in front of both cameras
+    (what ``cv2.recoverPose`` does, without its triangulation of every match 4 times)."""
+    R1, R2, t = cv2.decomposeEssentialMat(E)
+    t = t.ravel()
+    candidates = [(R1, t), (R1, -t), (R2, t), (R2, -t)]
+    counts = [_in_front_count(R, t_, xa, xb) for R, t_ in candidates]
+    return candidates[int(np.argmax(counts))]
+
+
+def _ransac_essential(xa, xb, threshold, confidence, max_iters):
+    """Robust essential matrix of normalised points: ``(E, inliers [N] bool)`` or None."""
+    E, mask = cv2.findEssentialMat(xa, xb, np.eye(3), RANSAC_METHOD, confidence, threshold,
+                                   max_iters)
+    if E is None or E.shape != (3, 3) or mask is None:
+        return None
+    return E, mask.ravel() > 0
 
 
 def _covariance_6x6(J: np.ndarray, residuals: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -207,8 +366,8 @@ def _covariance_6x6(J: np.ndarray, residuals: np.ndarray, t: np.ndarray) -> np.n
 def estimate_relative_pose(points_a, points_b, K_a, K_b, D_a=None, D_b=None,
                            model_a: str = 'plumb_bob', model_b: str = 'plumb_bob',
                            cov_a=None, cov_b=None, ransac_threshold_px: float = 1.0,
-                           confidence: float = 0.9999, max_iters: int = 10000,
-                           ) -> Optional[PoseEstimate]:
+                           confidence: float = RANSAC_CONFIDENCE,
+                           max_iters: int = RANSAC_MAX_ITERS) -> Optional[PoseEstimate]:
     """Pose of camera A in camera B's frame from matches ``points_a[i] <-> points_b[i]``.
 
     ``points_*``: ``[N x 2]`` OpenCV pixels. ``K_*``: 3x3 intrinsics; ``D_*`` CameraInfo
@@ -228,37 +387,28 @@ def estimate_relative_pose(points_a, points_b, K_a, K_b, D_a=None, D_b=None,
     xa = normalize_points(points_a, K_a, D_a, model_a)
     xb = normalize_points(points_b, K_b, D_b, model_b)
     focal = float(np.mean([K_a[0, 0], K_a[1, 1], K_b[0, 0], K_b[1, 1]]))
-    E, mask = cv2.findEssentialMat(xa, xb, np.eye(3), cv2.USAC_MAGSAC, confidence,
-                                   ransac_threshold_px / focal, max_iters)
-    if E is None or E.shape != (3, 3) or mask is None:
+    found = _ransac_essential(xa, xb, ransac_threshold_px / focal, confidence, max_iters)
+    if found is None:
         return None
-    _, R, t, _ = cv2.recoverPose(E, xa, xb, np.eye(3), mask=mask.copy())
-    t = t.ravel()
+    E, inliers = found
     if cov_b is None:
         cov_b = np.broadcast_to(np.eye(2), (n, 2, 2))
-    ca = _normalized_covariance(points_a, cov_a, K_a, D_a, model_a)
-    cb = _normalized_covariance(points_b, cov_b, K_b, D_b, model_b)
-    unit = np.broadcast_to(np.eye(2), (n, 2, 2))
+    ca = None if cov_a is None else _normalized_covariance(
+        cov_a, undistortion_jacobian(xa, K_a, D_a, model_a))
+    cb = _normalized_covariance(cov_b, undistortion_jacobian(xb, K_b, D_b, model_b))
+    problem = _WeightedSampson(xa, xb, ca, cb)
+    R, t = _decompose(E, problem.xa[inliers], problem.xb[inliers])
 
-    def fit(mask, R, t):
-        """Refine on the matches in ``mask``: (R, t, Jacobian, weighted residuals)."""
-        def residual(R_, t_):
-            return _weighted_sampson(R_, t_, xa[mask], xb[mask], ca[mask], cb[mask])
-        R, t, J = _refine(R, t, residual)
-        return R, t, J, residual(R, t)
-
-    def sampson_px(R, t):
-        return np.abs(_weighted_sampson(R, t, xa, xb, unit, unit)) * focal
-
-    # Refine on the RANSAC inliers (recoverPose's cheirality subset can be half of a wrong
-    # decomposition), then re-select the inliers with the refined model and refine once more
-    # (the local-optimisation step of LO-RANSAC).
-    inliers = mask.ravel() > 0
-    R, t, J, r = fit(inliers, R, t)
-    reselected = sampson_px(R, t) < ransac_threshold_px
-    if reselected.sum() >= MIN_MATCHES and (reselected != inliers).any():
+    # A robust fit on the RANSAC inliers (their pixel threshold lets in outliers that the
+    # covariance weighting would make heavy; the cheirality subset can be half of a wrong
+    # decomposition), good enough to re-select the inliers with the refined model; then the
+    # least-squares fit on those, the local-optimisation step of LO-RANSAC.
+    R, t, _, _ = _refine(problem.subset(inliers), R, t, robust=True, tol=GN_COARSE_DECREMENT_TOL)
+    reselected = problem.sampson_px(R, t, focal) < ransac_threshold_px
+    if reselected.sum() >= MIN_MATCHES:
         inliers = reselected
-        R, t, J, r = fit(inliers, R, t)
+    R, t, J, r = _refine(problem.subset(inliers), R, t)
     return PoseEstimate(R=R, t=t, covariance=_covariance_6x6(J, r, t), inliers=inliers,
                         num_matches=n, num_inliers=int(inliers.sum()),
-                        mean_epipolar_error=float(sampson_px(R, t)[inliers].mean()))
+                        mean_epipolar_error=float(problem.sampson_px(R, t, focal)[inliers]
+                                                  .mean()))

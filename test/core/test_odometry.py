@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
-from romav2_core.odometry import Odometry, compose, estimate_metric_pose, twist
+from romav2_core.odometry import (_StereoPnP, _whitening, backproject, compose,
+                                  estimate_metric_pose, twist)
 
 K = np.array([[500.0, 0, 321.0], [0, 498.0, 239.0], [0, 0, 1]])
 F, BASELINE = K[0, 0], 0.12
@@ -160,21 +161,77 @@ def test_twist_is_the_step_over_dt_in_the_new_frame():
     np.testing.assert_allclose(empirical, cov_tw, atol=0.05 * np.abs(cov_tw).max())
 
 
-def test_odometry_chains_and_a_reset_starts_a_segment():
-    from romav2_core.pose import PoseEstimate
-    step = PoseEstimate(R=R_TRUE, t=T_TRUE, covariance=np.eye(6) * 1e-6, inliers=np.ones(1, bool),
-                        num_matches=1, num_inliers=1, mean_epipolar_error=np.nan,
-                        scale_observable=True)
-    odo = Odometry()
-    first = odo.step(step, 0.1)
-    second = odo.step(step, 0.1)
-    M = homogeneous(R_TRUE, T_TRUE) @ homogeneous(R_TRUE, T_TRUE)
-    np.testing.assert_allclose(second.p, M[:3, 3], atol=1e-12)
-    assert first.segment == second.segment == 0
-    assert np.trace(second.covariance) > np.trace(first.covariance)   # uncertainty grows
-    odo.reset()
-    third = odo.step(step, 0.1)
-    assert third.segment == 1
-    # the odometry frame is continuous: the new segment continues from the last pose
-    M = M @ homogeneous(R_TRUE, T_TRUE)
-    np.testing.assert_allclose(third.p, M[:3, 3], atol=1e-12)
+# ---------------------------------------------------------------- the fast path's pieces
+def test_whitening_is_the_inverse_cholesky_factor():
+    """The closed-form 2x2 whitening against numpy's Cholesky factor, inverted, on correlated
+    anisotropic covariances; and it whitens: W C W^T = I."""
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(50, 2, 2))
+    cov = A @ A.transpose(0, 2, 1) + 0.01 * np.eye(2)
+    w00, w10, w11 = _whitening(cov)
+    W = np.zeros_like(cov)
+    W[:, 0, 0], W[:, 1, 0], W[:, 1, 1] = w00, w10, w11
+    # the whitening adds 1e-12 px^2 to the diagonal, as the Cholesky of the old path did
+    np.testing.assert_allclose(W, np.linalg.inv(np.linalg.cholesky(cov + 1e-12 * np.eye(2))),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(W @ cov @ W.transpose(0, 2, 1),
+                               np.broadcast_to(np.eye(2), cov.shape), atol=1e-9)
+
+
+@pytest.mark.parametrize('robust', [False, True])
+def test_reduced_normal_equations_match_a_numeric_jacobian(robust):
+    """The analytic, depth-reduced normal equations (S, b) against a dense Jacobian of all
+    residuals by central differences over (d_t, d_theta, d_rho), Schur-reduced with numpy; the
+    robust (IRLS) system weighs each residual's row by the Cauchy weight."""
+    rng = np.random.default_rng(2)
+    px, d, var_d, obs, _ = noisy_problem(rng, n=15, sigma_px=0.6, sigma_d=0.3)
+    A = rng.normal(size=(15, 2, 2))
+    cov = A @ A.transpose(0, 2, 1) + 0.2 * np.eye(2)
+    rho = d / (F * BASELINE)
+    _, rays = backproject(px, rho, K)
+    problem = _StereoPnP(rays, obs, _whitening(cov), d, np.sqrt(var_d), F * BASELINE, K)
+    R = cv2.Rodrigues(np.array([0.002, -0.01, 0.004]))[0]           # near, not at, the truth
+    t = T_TRUE + [0.003, -0.002, 0.004]
+    res = problem.residuals(R, t, rho)
+    scale = 2.0 if robust else None               # a scale that down-weighs some residuals
+    S, b, _, _, _ = problem.normal_equations(R, t, rho, res, scale)
+
+    def all_residuals(p):
+        r, rd, _, _ = problem.residuals(cv2.Rodrigues(p[3:6])[0] @ R, t + p[:3], rho + p[6:])
+        return np.r_[r, rd]
+    h = 1e-7
+    J = np.stack([(all_residuals(h * e) - all_residuals(-h * e)) / (2 * h)
+                  for e in np.eye(6 + 15)], axis=1)
+    r = all_residuals(np.zeros(21))
+    if robust:
+        sw = 1 / np.sqrt(1 + (r / scale) ** 2)
+        J, r = J * sw[:, None], r * sw
+    H, g = J.T @ J, J.T @ r
+    Hpr, Hrr = H[:6, 6:], H[6:, 6:]
+    S_dense = H[:6, :6] - Hpr @ np.linalg.solve(Hrr, Hpr.T)
+    b_dense = g[:6] - Hpr @ np.linalg.solve(Hrr, g[6:])
+    # central differences of a smooth residual: O(h^2) relative to these magnitudes
+    np.testing.assert_allclose(S, S_dense, rtol=1e-5, atol=1e-6 * np.abs(S_dense).max())
+    np.testing.assert_allclose(b, b_dense, rtol=1e-5, atol=1e-6 * np.abs(b_dense).max())
+
+
+def test_noise_as_large_as_the_threshold_is_covered():
+    """Match noise as large as the node's 1 px inlier threshold (the noisy depths spread the
+    reprojection errors further) with 30 % outliers: the threshold truncates the inliers, yet
+    the error stays unbiased in scale and inside the predicted 3-sigma ellipsoid (6 DoF) as
+    often as the chi-square says, within three binomial deviations plus 5 % for the first
+    order and the truncation (40 trials)."""
+    rng = np.random.default_rng(9)
+    d2, ratios = [], []
+    for _ in range(40):
+        px, d, var_d, obs, cov = noisy_problem(rng, n=800, sigma_px=1.0, sigma_d=1.0,
+                                               outliers=0.3)
+        est = estimate_metric_pose(px, d, var_d, obs, cov, K, K, F * BASELINE,
+                                   ransac_threshold_px=1.0)
+        e = error6(est)
+        d2.append(e @ np.linalg.solve(est.covariance, e))
+        ratios.append(np.linalg.norm(est.t) / np.linalg.norm(T_TRUE))
+    p = 0.9973
+    coverage = float(np.mean(np.array(d2) <= chi2.ppf(p, 6)))
+    assert coverage >= p - 3 * np.sqrt(p * (1 - p) / len(d2)) - 0.05, coverage
+    assert abs(np.mean(ratios) - 1) < 3 * np.std(ratios) / np.sqrt(len(ratios)) + 1e-3
