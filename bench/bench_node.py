@@ -96,7 +96,6 @@ def messages(left, right, focal, baseline, stamp):
 
 def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
     from builtin_interfaces.msg import Time
-    from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import CameraInfo, Image
     import rclpy
     from node_harness import NodeProcess, Tester
@@ -111,7 +110,6 @@ def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
     node = NodeProcess(params, log)
     tester = Tester()
     arrivals: dict[str, dict] = {k: {} for k in args.outputs}
-    diag = []
     try:
         qos = tester.reliable(10)
         for key in args.outputs:
@@ -119,7 +117,7 @@ def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
                 arrivals[key][(msg.header.stamp.sec, msg.header.stamp.nanosec)] = \
                     time.perf_counter()
             tester.node.create_subscription(output_type(key), f'/romav2_node/{key}', cb, qos)
-        tester.node.create_subscription(DiagnosticArray, '/diagnostics', diag.append, 50)
+        tester.record_diagnostics()
         topics = ('left/image_rect', 'left/camera_info', 'right/image_rect',
                   'right/camera_info')
         pubs = [tester.publisher(Image if 'image' in tp else CameraInfo, '/' + tp, qos)
@@ -127,9 +125,7 @@ def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
         t_start = time.perf_counter()
         tester.spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs),
                           args.timeout, 'the node to subscribe (see ' + str(log) + ')')
-        tester.spin_until(lambda: all(tester.node.count_publishers(f'/romav2_node/{k}') > 0
-                                      for k in args.outputs), args.timeout, 'node outputs')
-        tester.spin_for(1.0)
+        tester.wait_node_subscribers(args.outputs, timeout=args.timeout)
         startup = time.perf_counter() - t_start
         latencies = []
         for k in range(args.warmup_pairs + args.pairs):
@@ -145,7 +141,7 @@ def measure_node(args, left, right, focal, baseline, log: Path) -> dict:
                 latencies.append(max(arrivals[o][key] for o in args.outputs) - t0)
         tester.spin_for(1.2)  # one more /diagnostics period
         node_model_ms, stages = None, {}
-        for arr in reversed(diag):
+        for arr in reversed(tester.diag):
             for st in arr.status:
                 if st.name.endswith('processing'):
                     vals = {kv.key: kv.value for kv in st.values}

@@ -5,7 +5,7 @@
 
 Reads what the steps wrote: ``steps.tsv`` (step, exit status, seconds), ``gpu_tests.xml``
 (pytest's JUnit report), ``local_corr.json``, ``model_*.json``, ``stream_*.json``,
-``node_*.json``, ``compile_*.json``; a missing file is reported as missing.
+``node_*.json``, ``rate_*.json``, ``compile_*.json``; a missing file is reported as missing.
 """
 from __future__ import annotations
 
@@ -80,6 +80,28 @@ def _node(r: dict) -> str:
             f'({100 * r["overhead_fraction_of_latency"]:.1f} %)')
 
 
+def _rate(r: dict) -> str:
+    """One line per case of a bench_rate run."""
+    m = r['model']
+    lines = []
+    for c in r['cases']:
+        s = next((s for s in c['steps'] if s['input_rate_hz'] == c.get('peak_rate_hz')),
+                 c['steps'][0])
+        text = (f"rate {c['case']} ({m['source']} {m['setting']}): {s['delivered_per_s']:.1f} "
+                f"sets/s of {s['input_rate_hz']:g} Hz, dropped {s['drops_before_model']} before"
+                f" / {s['drops_after_model']} after the model of {s['published']}, latency "
+                + ('-' if s['latency_ms']['median'] is None else
+                   f"{s['latency_ms']['median']:.0f} / {s['latency_ms']['p95']:.0f} ms"))
+        failed = s['node_counts'].get('bad_input.pose_failed')
+        if failed:
+            text += f', pose failed {failed}x'
+        if r['peak']:
+            peak = c['peak_rate_hz']
+            text += ', peak ' + ('none' if peak is None else f'{peak:g} Hz')
+        lines.append(text)
+    return '\n'.join(lines)
+
+
 def _compile(r: dict) -> str:
     cold, warm = r['cold']['rows'][0], r['warm']['rows'][0]
     diff = cold['max_abs_diff_compiled_vs_eager']['warp_AB']
@@ -100,7 +122,8 @@ def summarize(folder: Path) -> str:
     lines.append(_tests(folder))
     lines += _local_corr(folder)
     for pattern, render in (('model_*.json', _model), ('stream_*.json', _stream),
-                            ('node_*.json', _node), ('compile_*.json', _compile)):
+                            ('node_*.json', _node), ('rate_*.json', _rate),
+                            ('compile_*.json', _compile)):
         files = sorted(folder.glob(pattern))
         if not files:
             lines.append(f'{pattern}: missing')

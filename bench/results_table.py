@@ -1,5 +1,5 @@
 """Markdown tables of benchmark JSON files (bench_model / bench_stream / bench_node /
-bench_compile / bench_presets / bench_replay output).
+bench_compile / bench_presets / bench_replay / bench_pose / bench_rate output).
 
 The performance tables in the docs are generated from the saved JSON, never typed by hand:
 
@@ -105,6 +105,54 @@ def _replay_rows(r: dict) -> list[list[str]]:
             for run in r['runs']]
 
 
+def _rate_rows(r: dict) -> list[list[str]]:
+    """One row per case of a bench_rate run: its step at the requested rate, or with --peak
+    the step at the peak rate (the first step when none passed)."""
+    m = r['model']
+    model = (f"stand-in {m['model_ms']:g} ms, `{m['setting']}`" if 'model_ms' in m else
+             f"{m['source']} weights, `{m['setting']}` on {m['device']}")
+    out = []
+    for c in r['cases']:
+        steps = c['steps']
+        step = next((s for s in steps if s['input_rate_hz'] == c.get('peak_rate_hz')), steps[0])
+        peak = '-'
+        if r['peak']:
+            failed = [s for s in steps if s['not_delivered_share'] >= r['loss_limit']]
+            peak = 'none' if c['peak_rate_hz'] is None else f"{c['peak_rate_hz']:g} Hz"
+            if failed:
+                peak += (f" ({failed[0]['input_rate_hz']:g} Hz: "
+                         f"{100 * failed[0]['not_delivered_share']:.0f} % lost)")
+        lat = step['latency_ms']
+        stages = ', '.join(f'{k} {v:.0f}' for k, v in step['node_stage_ms'].items() if v >= 0.5)
+        out.append([f"`{c['case']}`, {model}", f"{step['input_rate_hz']:g} Hz",
+                    f"{step['delivered_per_s']:.1f} sets/s "
+                    f"({100 * step['share_of_min_input_model']:.0f} % of min(input, model))",
+                    f"{step['drops_before_model']} / {step['drops_after_model']} of "
+                    f"{step['published']}",
+                    '-' if lat['median'] is None else f"{lat['median']:.0f} / {lat['p95']:.0f} ms",
+                    stages + ' ms', peak, _machine(r), f"`{r['command']}`"])
+    return out
+
+
+def _pose_rows(r: dict) -> list[list[str]]:
+    """One row per estimator and case of a bench_pose run: time (median / p90) and errors
+    (median) of the revision it compares with and of this tree."""
+    units = {'essential': '° dir', 'metric': '% of t'}
+    names = {'essential': 'essential matrix', 'metric': 'stereo PnP'}
+
+    def side(s: dict, estimator: str) -> str:
+        return (f"{s['time_ms']['median']:.1f} / {s['time_ms']['p90']:.1f} ms, "
+                f"rot {s['rotation_error_deg']['median']:.3f}°, "
+                f"t {s['translation_error']['median']:.2f} {units[estimator]}, "
+                f"recall {s['inlier_recall']:.2f}, NEES {s['nees_mean']:.1f}")
+    return [[names[c['estimator']],
+             f"{r['matches']} matches, {100 * c['inlier_ratio']:.0f} % inliers, "
+             f"{c['noise_px']:g} px, threshold {r['threshold_px']:g} px",
+             side(c['baseline'], c['estimator']), side(c['ours'], c['estimator']),
+             f"x{c['speedup_median']:.1f}", _machine(r), f"`{r['command']}`"]
+            for c in r['cases']]
+
+
 KINDS = {
     'model_forward': ('Model forward', ['case', 'ours', 'official 2.0.1',
                                         'throughput / memory ours:official', 'machine',
@@ -123,6 +171,13 @@ KINDS = {
     'presets': ('Preset costs (ours, as the node runs it)',
                 ['setting', 'coarse', 'HR pass', 'case', 'time per pair', 'peak memory',
                  'machine', 'command'], _preset_rows),
+    'node_rate': ('Node rate (`bench_rate.py`: fixed-rate stereo input, delivered output sets)',
+                  ['case', 'input', 'delivered', 'dropped before / after the model',
+                   'latency median / p95', "node's time per set by stage", 'peak rate (< 5 % lost)',
+                   'machine', 'command'], _rate_rows),
+    'pose': ('Pose estimators (time median / p90, median errors, mean NEES)',
+             ['estimator', 'case', 'baseline revision', 'this tree', 'speed-up', 'machine',
+              'command'], _pose_rows),
     'replay_batch': ('`romav2-replay --batch N`',
                      ['case', 'N', 'throughput', 'vs N = 1', 'max abs(warp - warp of N = 1)',
                       'machine', 'command'], _replay_rows),

@@ -1,27 +1,40 @@
 """Counters, rates and latencies of the node, published as ``/diagnostics`` at 1 Hz.
 
-Two statuses (``diagnostic_msgs/DiagnosticStatus``), hardware_id = the node's name:
+Statuses (``diagnostic_msgs/DiagnosticStatus``) named after the node's fully qualified name
+(``<node>`` = e.g. ``/romav2_node``, ``/left_cam/romav2_node``: nodes of the same name in
+several namespaces stay apart in a diagnostic aggregator), hardware_id = that name:
 
 * ``<node>: input``: rates of received messages and synchronised pairs, counts of received /
   synchronised / dropped (latest-only queue overflow) pairs, the queue depth, the count of each
   bad-input reason. WARN when no synchronised pair arrived for :data:`NO_INPUT_WARN_S` seconds,
   saying what to check, and naming the inputs that sent nothing (a camera_info that never
   arrives, a topic name that does not match).
-* ``<node>: processing``: processed pairs, output rate, per-stage latency (mean and max over
-  the last period, ms), skipped pairs (no subscribers), pairs lost to faults (``oom``: CUDA
-  out of memory, ``worker_errors``: unexpected exceptions), GPU memory when CUDA is used.
+* ``<node>: processing``: processed sets, ``model_sets`` (sets through the model stage) and
+  ``lost_after_model`` (of those, lost to a fault in the host stage), output rate, the time of
+  each stage (``latency_<stage>_ms_mean`` / ``_max`` over the last period: ``decode``,
+  ``model``, ``launch``, ``products``, ``pose``, ``messages``, ``viz``, ``publish``; see
+  ``pipeline.py``), skipped sets (no subscribers), sets lost to faults (``oom``: CUDA out of
+  memory, ``worker_errors``: unexpected exceptions), GPU memory when CUDA is used, and
+  ``subscribers.<output>`` (``subscribers.tf`` for the /tf broadcaster): the subscriptions
+  each output publisher has matched, counted on the publishing side, so a message published
+  now reaches that many (a subscriber's own view of the graph can see the node's publisher
+  before this publisher has matched it, and a volatile message sent meanwhile is lost to it).
+  The queues' depths are in the input status: ``queue_depth`` (sets waiting for the model)
+  and ``handoff_depth`` (sets waiting for the host stage), each with its ``_max``.
   WARN while faults happened in the last period.
 * ``<node>: stereo calibration`` (stereo mode): on rectified inputs a true match has no
   vertical disparity, so the matches measure the calibration error: the median and 90th
   percentile of ``|y_A - y_B|`` over confident matches (px, the latest pair) and, when the pose
   is estimated, the angle between the estimated and the calibrated baseline. WARN "stereo
   calibration may be off: ..." above ``rectification_warn_px`` / ``baseline_warn_deg``.
-* ``<node>: odometry`` (stereo_odometry mode): tracking state (OK: the latest frame was
-  chained; LOST: its metric pose failed; RESET: a new segment started, after a stamp jump, a
-  bad input or a failure), the latest inlier ratio and mean reprojection error (px), the
-  segment number and the count of resets. WARN while not OK.
+* ``<node>: odometry`` (stereo_odometry mode): tracking state (OK: the latest frame was posed
+  against its keyframe; LOST: it got no pose; RESET: a new segment started, at the first
+  frame, after a stamp jump, or after tracking was lost for longer than ``max_lost_frames``),
+  the latest inlier ratio and mean reprojection error (px), the segment, the keyframe (id,
+  frames since it was made, why it was made) and the counts of resets and lost frames. WARN
+  while not OK.
 
-Updates come from the subscription callbacks and from the worker thread; a lock guards them.
+Updates come from the subscription callbacks and from the stage threads; a lock guards them.
 The 1 Hz timer runs on the steady clock, so diagnostics keep flowing while a simulated clock is
 paused.
 """
@@ -36,12 +49,15 @@ NO_INPUT_WARN_S = 5.0
 
 class Diagnostics:
     """``node`` None: counters only (no publisher, no timer; in-process tests), named
-    ``name``. ``inputs``: the input topics, whose last arrival is tracked (:meth:`seen`)."""
+    ``name``. ``inputs``: the input topics, whose last arrival is tracked (:meth:`seen`).
+    ``output_publishers``: a callable returning {output key: rclpy publisher} at the time of
+    the call (the node's current publishers), reported as ``subscribers.<key>``."""
 
     def __init__(self, node, inputs_hint: str, device: str = 'cpu', inputs=(),
-                 name: str = 'romav2_node', mode: str = 'stereo'):
+                 name: str = '/romav2_node', mode: str = 'stereo', output_publishers=None):
         self._node = node
-        self._name = node.get_name() if node is not None else name
+        self._name = node.get_fully_qualified_name() if node is not None else name
+        self._output_publishers = output_publishers
         self._hint = inputs_hint
         self._device = device
         self._started = time.monotonic()
@@ -126,8 +142,15 @@ class Diagnostics:
         return {'gpu_memory_allocated_MiB': f'{allocated:.0f}',
                 'gpu_memory_reserved_MiB': f'{reserved:.0f}'}
 
+    def _subscribers(self) -> dict:
+        """``subscribers.<key>``: the subscriptions each output publisher has matched."""
+        if self._output_publishers is None:
+            return {}
+        return {f'subscribers.{key}': pub.get_subscription_count()
+                for key, pub in self._output_publishers().items()}
+
     def statuses(self):
-        """The two DiagnosticStatus of this moment (and start a new rate period)."""
+        """The DiagnosticStatus of this moment (and start a new rate period)."""
         from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
         now = time.monotonic()
         with self._lock:
@@ -170,6 +193,8 @@ class Diagnostics:
         proc = DiagnosticStatus(name=f'{name}: processing', hardware_id=name,
                                 level=DiagnosticStatus.OK, message='ok')
         proc.values = kv({'processed': counts.get('processed', 0),
+                          'model_sets': counts.get('model_sets', 0),
+                          'lost_after_model': counts.get('lost_after_model', 0),
                           'skipped_no_subscribers': counts.get('skipped', 0),
                           'oom': counts.get('oom', 0),
                           'worker_errors': counts.get('worker_errors', 0),
@@ -181,7 +206,7 @@ class Diagnostics:
         for stage, values in sorted(latency.items()):
             proc.values += kv({f'latency_{stage}_ms_mean': f'{1e3 * sum(values) / len(values):.1f}',
                                f'latency_{stage}_ms_max': f'{1e3 * max(values):.1f}'})
-        proc.values += kv(self._gpu())
+        proc.values += kv(self._gpu()) + kv(self._subscribers())
         if self.state is not None:
             proc.values += kv({'lifecycle_state': self.state})
         statuses = [inp, proc]
@@ -219,9 +244,12 @@ def _odometry_status(name, tracking, counts, DiagnosticStatus, kv):
     elif state != 'OK':
         st.level = DiagnosticStatus.WARN
         st.message = {'LOST': 'tracking lost: no metric pose for the latest frame (see '
-                              'bad_input.pose_failed); the next frame starts a new segment',
-                      'RESET': 'a new odometry segment started (first frame, stamp jump or '
-                               'bad input): the motion across the gap is not integrated'}[state]
+                              'bad_input.pose_failed); the odometry holds its last pose with an '
+                              'inflated covariance, and the next frames try the last keyframe '
+                              'again (max_lost_frames, then a new segment)',
+                      'RESET': 'a new odometry segment started (first frame, stamp jump, or '
+                               'tracking lost for longer than max_lost_frames): the motion '
+                               'across the gap is unknown (covariance inflated)'}[state]
     return st
 
 

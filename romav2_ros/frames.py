@@ -20,13 +20,15 @@ from romav2_ros.messages import stamp_ns
 @dataclass
 class Frame:
     """A decoded image: ``image`` ``[H x W x 3]`` RGB (uint8, or float32 in [0, 1] for 16-bit
-    and float sources), its ``camera`` (None = uncalibrated) and, once encoded, ``feats``."""
+    and float sources), its ``camera`` (None = uncalibrated) and, once encoded, ``feats`` and
+    the uploaded ``device_image`` ``[3 x H x W]`` (on the model's device; the points' colours)."""
 
     header: Any
     stamp_ns: int
     image: np.ndarray
     camera: Optional[camera_model.PinholeCamera]
     feats: Any = None
+    device_image: Any = None
 
     @property
     def hw(self) -> tuple[int, int]:

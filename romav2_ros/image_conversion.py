@@ -15,6 +15,7 @@ node counts in its diagnostics. Images larger than :data:`MAX_IMAGE_PIXELS` are 
 """
 from __future__ import annotations
 
+import array
 import re
 
 import cv2
@@ -94,8 +95,9 @@ def imgmsg_to_numpy(msg, desired_encoding: str = 'passthrough',
     if channels == 2 and msg.encoding in _RAW and w % 2:
         raise InputError('step_mismatch', f'{msg.encoding} packs pixel pairs: the width {w} '
                                           f'must be even')
-    raw = np.frombuffer(bytes(msg.data), np.uint8).reshape(h, step)[:, :row]
+    raw = np.frombuffer(msg.data, np.uint8).reshape(h, step)[:, :row]
     order = '>' if msg.is_bigendian else '<'
+    # one copy: the array must not alias the message (whose buffer its owner may reuse)
     arr = raw.copy().view(dtype.newbyteorder(order)).astype(dtype, copy=False)
     arr = arr.reshape((h, w) if channels == 1 else (h, w, channels))
     return convert_encoding(arr, msg.encoding, desired_encoding)
@@ -145,10 +147,18 @@ def numpy_to_imgmsg(arr: np.ndarray, encoding: str, header=None):
     arr = np.ascontiguousarray(arr, dtype.newbyteorder('<'))
     msg = Image(height=arr.shape[0], width=arr.shape[1], encoding=encoding, is_bigendian=0,
                 step=arr.shape[1] * channels * dtype.itemsize)
-    msg.data = arr.tobytes()
+    msg.data = byte_array(arr)
     if header is not None:
         msg.header = header
     return msg
+
+
+def byte_array(arr: np.ndarray) -> array.array:
+    """The bytes of a C-contiguous array as the ``array.array('B')`` that rclpy stores for a
+    ``uint8[]`` field: one copy (rclpy converts any other type element by element)."""
+    out = array.array('B')
+    out.frombytes(memoryview(np.ascontiguousarray(arr)).cast('B'))
+    return out
 
 
 def compressed_to_numpy(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.ndarray, str]:
@@ -157,7 +167,7 @@ def compressed_to_numpy(msg, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[np.nda
     The encoding is what the codec gives: ``bgr8``, ``bgra8``, ``mono8`` or ``mono16``;
     image_transport's ``"rgb8; jpeg compressed bgr8"`` format strings are accepted.
     """
-    data = np.frombuffer(bytes(msg.data), np.uint8)
+    data = np.frombuffer(msg.data, np.uint8)
     if data.size == 0:
         raise InputError('zero_size', 'empty CompressedImage')
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
@@ -196,7 +206,7 @@ def numpy_to_compressed(arr: np.ndarray, encoding: str, fmt: str = 'jpeg', heade
     if not ok:
         raise InputError('encode_failed', f'cv2.imencode failed for {encoding} as {fmt}')
     msg = CompressedImage(format=f'{encoding}; {fmt} compressed {codec_enc}')
-    msg.data = buf.tobytes()
+    msg.data = byte_array(buf)
     if header is not None:
         msg.header = header
     return msg

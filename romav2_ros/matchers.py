@@ -86,9 +86,9 @@ def create(source: str, config: RoMaV2Config, device: str, weights: str = '', se
 def warm_up(matcher, device: str, mode: str) -> None:
     """The node's shapes through the model before topics open (lazy init, compilation,
     autotuning): a stereo pair (or one frame) encoded as one batch, and the pairs of one set
-    matched as one batch (stereo_odometry: the stereo and the temporal pair), as many times as
-    the compile mode needs (``compile.warm_up_runs``), so the first live frame neither
-    compiles nor records."""
+    matched as one batch -- stereo_odometry matches two (the stereo and the temporal pair)
+    or, at a segment's first frame, one -- as many times as the compile mode needs
+    (``compile.warm_up_runs``), so no live frame compiles or records."""
     import torch
 
     from romav2_core.compile import warm_up_runs
@@ -103,5 +103,4 @@ def warm_up(matcher, device: str, mode: str) -> None:
             f = matcher.encode(x)
             if mode == 'stereo_odometry':
                 matcher.match_features(cat_features([f[:1], f[:1]]), f)
-            else:
-                matcher.match_features(f[:1], f[-1:])
+            matcher.match_features(f[:1], f[-1:])

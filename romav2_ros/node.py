@@ -7,35 +7,49 @@ for a lifecycle manager, or does both itself with ``autostart:=true``:
 ==============  =====================================================================
 transition      what happens
 ==============  =====================================================================
-configure       build the matcher on the worker thread, load the weights, warm up; then
-                create the publishers, ``/diagnostics`` and the subscriptions. A failure
-                (missing or foreign weights, bad parameters) fails the transition with the
-                reason in the log; the node stays unconfigured and alive.
+configure       build the matcher on the model stage's thread, load the weights, warm up;
+                then create the publishers, ``/diagnostics`` and the subscriptions. A
+                failure (missing or foreign weights, bad parameters, anything else) fails
+                the transition with the reason in the log; the node stays unconfigured and
+                alive, with no thread left running.
 activate        inputs are processed and outputs published.
 deactivate      inputs are ignored (counted as ``ignored_inactive``), nothing is published;
                 a sequence restarts at the next activation.
-cleanup         subscriptions and publishers destroyed, the matcher and its GPU memory
-                released; back to unconfigured.
+cleanup         subscriptions and publishers destroyed, the stage threads stopped and joined,
+                the matcher and its GPU memory released; back to unconfigured.
 shutdown        from any state: as cleanup, then the node is finalized.
 ==============  =====================================================================
 
-Threading: subscription and synchroniser callbacks run on a SingleThreadedExecutor and only put
-the latest synchronised set into a drop-oldest queue of size 1 (a newer set replaces an
-unprocessed one; counted as ``dropped``). One worker thread owns the matcher: it builds it,
-warms it up and runs :class:`~romav2_ros.pipeline.MatchingPipeline` on each set, then
-publishes. Outputs are computed only for topics with subscribers and ``publish_<key>`` true.
-Each set is processed with one snapshot of the runtime parameters.
+Threading: subscription and synchroniser callbacks only put the latest synchronised set into a
+drop-oldest queue of size 1 (a newer set replaces an unprocessed one; counted as ``dropped``:
+sets are dropped there and nowhere else). Two stage threads then run
+:class:`~romav2_ros.pipeline.MatchingPipeline`: the **model stage** (thread ``romav2_model``)
+builds and warms up the matcher, then for each set decodes, matches and starts its products on
+the device; it hands the set to the **host stage** (``romav2_host``) through a queue of
+:data:`HANDOFF_DEPTH` sets, waiting while that is full (a set whose model work is done is
+always delivered). The host stage poses, builds and publishes the messages, in arrival order.
+So the model runs on set n+1 while set n is posed and published. Outputs are computed only for
+topics with subscribers and ``publish_<key>`` true; each set is processed with one snapshot of
+the runtime parameters. Each configuration has its own stage threads and queues (:class:`Stages`),
+which a cleanup stops and joins. The executor is multi-threaded and the lifecycle services
+have their own callback group, so parameter and lifecycle services answer while the model is
+being built.
 
-Faults never end the worker: CUDA out-of-memory drops that pair (counted as ``oom``, the CUDA
-cache is emptied) and any other exception is logged with its traceback and counted
-(``worker_errors``, ``bad_input.internal_error``); both restart a sequence.
+Faults never end a stage thread: CUDA out-of-memory drops that set (counted as ``oom``; the
+failed set's tensors are let go, then the CUDA cache is emptied) and any other exception is
+logged with its traceback and counted (``worker_errors``, ``bad_input.internal_error``); both
+restart a sequence.
 
 Topics, parameters and conventions: README.md (section "The node").
 """
 from __future__ import annotations
 
+import atexit
+import ctypes
 import gc
+import logging
 import os
+import queue
 import sys
 import threading
 import time
@@ -43,19 +57,30 @@ import traceback
 
 import rclpy
 import rclpy.exceptions
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
+import torch
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNodeMixin, TransitionCallbackReturn
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from romav2_ros import matchers, messages, params
+from romav2_ros import matchers, messages, params, static_tf
+from romav2_ros.bond import ManagedNodeBond
 from romav2_ros.diagnostics import Diagnostics
-from romav2_ros.pipeline import TF, VIZ_OUTPUTS, InputError, MatchingPipeline, mode_outputs
+from romav2_ros.pipeline import TF, VIZ_OUTPUTS, Inferred, InputError, MatchingPipeline, \
+    mode_outputs
 from romav2_ros import sync as synchronizers
 from romav2_ros.sync import Subscriber
 
 #: Seconds between repeated log lines of the same bad-input reason.
 LOG_REPEAT_S = 30.0
+#: Sets between the model stage and the host stage: one waiting while one is posted (more only
+#: adds latency: the model stage never waits unless the host stage is the slower one).
+HANDOFF_DEPTH = 1
+#: Seconds a cleanup waits for the stage threads (a model call on a CPU can take that long).
+JOIN_TIMEOUT_S = 60.0
+#: Executor threads: subscriptions, parameter and lifecycle services, the 1 Hz diagnostics.
+EXECUTOR_THREADS = 3
 _STEREO_TOPICS = ('left/image_rect', 'left/camera_info', 'right/image_rect',
                   'right/camera_info')
 INPUT_TOPICS = {'stereo': _STEREO_TOPICS, 'sequential': ('image', 'camera_info'),
@@ -96,6 +121,91 @@ class LatestQueue:
         return int(self._item is not None)
 
 
+class Stages:
+    """One configuration's stage threads and queues (see the module docstring): the model
+    stage builds the pipeline and feeds the host stage; neither is ever shared with another
+    configuration, so a thread still finishing a model call after its cleanup cannot touch
+    the next configuration's sets."""
+
+    def __init__(self, core: 'MatchingNodeCore'):
+        self.core = core
+        self.inputs = LatestQueue()
+        self.handoff: queue.Queue = queue.Queue(HANDOFF_DEPTH)
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.failure: BaseException | None = None
+        self.pipeline: MatchingPipeline | None = None
+        self.reset_requested = threading.Event()
+        self.threads = [threading.Thread(target=self._model_stage, name='romav2_model',
+                                         daemon=True),
+                        threading.Thread(target=self._host_stage, name='romav2_host',
+                                         daemon=True)]
+
+    def start(self) -> None:
+        """Start both threads and wait until the pipeline is built; StartupError."""
+        for t in self.threads:
+            t.start()
+        self.ready.wait()
+        if self.failure is not None:
+            self.close(JOIN_TIMEOUT_S)
+            raise StartupError(_explain(self.failure, self.core.values)) from self.failure
+
+    def _model_stage(self) -> None:
+        try:
+            self.pipeline = self.core._build_pipeline()
+        except BaseException as exc:  # noqa: BLE001 - reported by start() to the caller
+            self.failure = exc
+            self.stop.set()
+            return
+        finally:
+            self.ready.set()
+        generation = self.core._generation
+        while not self.stop.is_set():
+            item = self.inputs.get(timeout=0.1)
+            if generation != self.core._generation or self.reset_requested.is_set():
+                generation = self.core._generation   # re-activated, or a fault: start afresh
+                self.reset_requested.clear()
+                self.pipeline.reset()
+            if item is not None:
+                self.core._model_step(self, item)
+
+    def _host_stage(self) -> None:
+        # The host stage's tensor work (the products, when the device is the CPU) is a few
+        # passes over an image each: one thread, not competing with the model stage's.
+        torch.set_num_threads(1)
+        while not (self.stop.is_set() and self.handoff.empty()):
+            try:
+                item = self.handoff.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            self.core._host_step(self, item)
+
+    def hand_over(self, item) -> bool:
+        """Queue a set for the host stage, waiting while the queue is full; False when the
+        stages stop meanwhile."""
+        while not self.stop.is_set():
+            try:
+                self.handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def close(self, timeout: float) -> bool:
+        """Stop and join both threads; False when one is still busy after ``timeout`` s (it
+        publishes nothing more and ends after its current call)."""
+        self.stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            if t.is_alive():
+                t.join(max(deadline - time.monotonic(), 0.0))
+        return not any(t.is_alive() for t in self.threads)
+
+    @property
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self.threads)
+
+
 class MatchingNodeCore:
     """The node's behaviour, mixed into an rclpy ``Node`` or ``LifecycleNode``.
 
@@ -105,7 +215,8 @@ class MatchingNodeCore:
     """
 
     def _init_core(self, extra_params: tuple = ()) -> None:
-        self.add_on_set_parameters_callback(params.validate)
+        self.values = None
+        self.add_on_set_parameters_callback(lambda ps: params.validate(ps, self.values))
         values = params.declare(self, extra_params)
         self.add_post_set_parameters_callback(self._apply_parameters)
         self._init_state(values)
@@ -115,39 +226,40 @@ class MatchingNodeCore:
         self.values = values
         self.mode = self.values['mode']
         self.device = params.resolve_device(self.values['device'])
-        self.pipeline = None
         self.diagnostics = None
-        self.queue = LatestQueue()
         self.pubs = {}
         self._tf_pub = None
         self._subs = []
-        self._worker = None
-        self._stop = threading.Event()
+        self._sync = None
+        self._stages: Stages | None = None
+        self._mounts = None           # stereo_odometry with base_frame: static_tf
         self._active = False
-        self._generation = 0          # bumped at activation: the worker restarts sequences
+        self._generation = 0          # bumped at activation: the stages restart sequences
         self._last_log = {}
         self._last_viz = 0.0
 
+    @property
+    def pipeline(self) -> MatchingPipeline | None:
+        return None if self._stages is None else self._stages.pipeline
+
+    @property
+    def queue(self) -> LatestQueue | None:
+        """The input queue (sets waiting for the model stage)."""
+        return None if self._stages is None else self._stages.inputs
+
     # ------------------------------------------------------------------ transitions
     def _configure(self) -> None:
-        """Matcher (worker thread), publishers, diagnostics, subscriptions. StartupError."""
-        self._start_worker()
+        """Matcher (on the model stage's thread), publishers, diagnostics, subscriptions.
+        StartupError."""
+        self._mounts = static_tf.camera_mounts(self.values, node=self)
+        self._stages = Stages(self)        # a cleanup meanwhile (SIGINT) stops it too
+        try:
+            self._stages.start()
+        except BaseException:
+            self._stages = None
+            raise
         self._open_topics()
         self.get_logger().info(f'configured (inactive): mode={self.mode}')
-
-    def _start_worker(self) -> None:
-        """The worker thread: it builds the pipeline, then processes; StartupError."""
-        ready, failure = threading.Event(), []
-        self._stop.clear()
-        self._worker = threading.Thread(target=self._work, args=(ready, failure),
-                                        name='romav2_worker', daemon=True)
-        self._worker.start()
-        while not ready.wait(0.1):
-            pass
-        if failure:
-            self._worker.join()
-            self._worker = None
-            raise StartupError(_explain(failure[0], self.values)) from failure[0]
 
     def _open_topics(self) -> None:
         out_qos = params.qos_profile(self.values['output_qos'], self.values['output_qos_depth'])
@@ -174,20 +286,26 @@ class MatchingNodeCore:
 
     def _deactivate(self) -> None:
         self._active = False
-        if self.queue.get(0.0) is not None:
+        if self.queue is not None and self.queue.get(0.0) is not None:
             self.diagnostics.count('ignored_inactive')
         self.diagnostics.state = 'inactive'
 
     def _cleanup(self) -> None:
-        """Stop and join the worker, destroy topics, release the matcher (idempotent)."""
+        """Stop and join the stage threads, destroy topics, release the matcher
+        (idempotent)."""
         self._active = False
-        self._stop.set()
-        if self._worker is not None and self._worker.is_alive():
-            self._worker.join(timeout=30)
-        self._worker = None
+        stages, self._stages = self._stages, None
+        if stages is not None and not stages.close(JOIN_TIMEOUT_S):
+            self.get_logger().warn(f'a stage thread is still inside a model call after '
+                                   f'{JOIN_TIMEOUT_S:.0f} s; it publishes nothing and ends '
+                                   f'after that call')
         for sub in self._subs:
             self.destroy_subscription(sub.sub)
         self._subs = []
+        self._sync = None
+        if isinstance(self._mounts, static_tf.StaticTfListener):
+            self._mounts.destroy()
+        self._mounts = None
         for pub in self.pubs.values():
             self._destroy_output_publisher(pub)
         self.pubs = {}
@@ -197,10 +315,8 @@ class MatchingNodeCore:
         if self.diagnostics is not None:
             self.diagnostics.close()
             self.diagnostics = None
-        self.queue.get(0.0)
-        self.pipeline = None
+        del stages
         if str(self.device).startswith('cuda'):   # give the matcher's memory back now
-            import torch
             gc.collect()
             torch.cuda.empty_cache()
 
@@ -212,7 +328,8 @@ class MatchingNodeCore:
 
     def _new_diagnostics(self, inputs: list) -> Diagnostics:
         return Diagnostics(self, ' and '.join(inputs), self.device, inputs=inputs,
-                           mode=self.mode)
+                           mode=self.mode, output_publishers=lambda: {**self.pubs, **(
+                               {TF: self._tf_pub[0]} if self._tf_pub is not None else {})})
 
     def _create_tf_publisher(self):
         """(publisher, TFMessage) for /tf, or None with a warning when tf2_msgs is missing
@@ -247,27 +364,31 @@ class MatchingNodeCore:
                 sub.registerCallback(lambda _msg: self.diagnostics.count('received'))
             sub.registerCallback(lambda _msg, name=name: self.diagnostics.seen(name))
             self._subs.append(sub)
-        sync = synchronizers.from_parameters(self._subs, self.values)
-        sync.registerCallback(self._on_synchronized)
-        sync.registerDropCallback(lambda reason, msg: self._report(
+        self._sync = synchronizers.from_parameters(self._subs, self.values)
+        self._sync.registerCallback(self._on_synchronized)
+        self._sync.registerDropCallback(lambda reason, msg: self._report(
             'late_input', 'a set not newer than the last synchronised one arrived late and '
                           'was dropped (a sequence is never restarted for it)'))
 
     def _on_synchronized(self, *msgs) -> None:
         """Executor thread: enqueue only (never model work here)."""
         self.diagnostics.count('synchronized')
-        if not self._active:
+        stages = self._stages
+        if not self._active or stages is None:
             self.diagnostics.count('ignored_inactive')
             return
-        if self.queue.put(msgs):
+        if stages.inputs.put(msgs):
             self.diagnostics.count('dropped')
-        self.diagnostics.gauge('queue_depth', len(self.queue))
+        self.diagnostics.gauge('queue_depth', len(stages.inputs))
 
     def _apply_parameters(self, changed) -> None:
         for p in changed:
             self.values[p.name] = p.value
-        if self.pipeline is not None:  # a new snapshot; the set being processed keeps its own
-            self.pipeline.config = params.pipeline_config(self.values)
+        pipeline = self.pipeline
+        if pipeline is not None:  # a new snapshot; the set being processed keeps its own
+            pipeline.config = params.pipeline_config(self.values)
+        if self._sync is not None:
+            self._sync.max_stamp_jump = self.values['max_stamp_jump']
         self._update_health_limits()
 
     def _update_health_limits(self) -> None:
@@ -275,43 +396,45 @@ class MatchingNodeCore:
             self.diagnostics.health_limits = {k: self.values[k] for k in
                                               ('rectification_warn_px', 'baseline_warn_deg')}
 
-    # ------------------------------------------------------------------ worker thread
-    def _build_pipeline(self) -> None:
+    # ------------------------------------------------------------------ the stages
+    def _build_pipeline(self) -> MatchingPipeline:
         """Matcher, warm-up and pipeline (on the thread that will own the matcher)."""
         matcher = matchers.create(self.values['model_source'], params.model_config(self.values),
                                   self.device, self.values['weights'],
                                   self.values['random_seed'])
         if self.values['warmup']:
             matchers.warm_up(matcher, self.device, self.mode)
-        self.pipeline = MatchingPipeline(matcher, params.pipeline_config(self.values))
+        return MatchingPipeline(matcher, params.pipeline_config(self.values), self._mounts)
 
-    def _work(self, ready: threading.Event, failure: list) -> None:
+    def _model_step(self, stages: Stages, msgs) -> None:
+        """Model stage, one synchronised set; never raises (the thread must survive)."""
         try:
-            self._build_pipeline()
-        except BaseException as exc:  # reported by _configure on the executor thread
-            failure.append(exc)
-            return
-        finally:
-            ready.set()
-        generation = self._generation
-        while not self._stop.is_set():
-            item = self.queue.get(timeout=0.1)
-            if generation != self._generation:   # re-activated: a fresh sequence
-                generation = self._generation
-                self.pipeline.reset()
-            if item is not None:
-                self._handle(item)
-
-    def _handle(self, item) -> None:
-        """One synchronised set; never raises (the worker must survive anything)."""
-        try:
-            self.diagnostics.gauge('queue_depth', len(self.queue))
-            self._process(item)
+            self.diagnostics.gauge('queue_depth', len(stages.inputs))
+            wanted = self._wanted()
+            if not wanted:
+                # Lazy: nobody listens. A sequence restarts when someone subscribes again.
+                self.diagnostics.count('skipped')
+                stages.pipeline.reset()
+                return
+            out = stages.pipeline.infer([msgs], wanted)[0]
+            if isinstance(out, InputError):
+                self._report(out.code, out.message)
+                return
+            self.diagnostics.count('model_sets')
+            if stages.hand_over(out):
+                self.diagnostics.gauge('handoff_depth', stages.handoff.qsize())
         except Exception as exc:  # noqa: BLE001
-            try:
-                self._fault(exc)
-            except Exception:  # noqa: BLE001 - even the accounting failed: stderr, go on
-                traceback.print_exc()
+            stages.pipeline.reset()            # this thread owns the sequence: at once
+            self._fault(stages, exc)
+
+    def _host_step(self, stages: Stages, item: Inferred) -> None:
+        """Host stage, one set from the model stage; never raises."""
+        try:
+            result = stages.pipeline.finish(item)
+            self._deliver(stages, result)
+        except Exception as exc:  # noqa: BLE001
+            self.diagnostics.count('lost_after_model')
+            self._fault(stages, exc)
 
     def _wanted(self) -> set:
         wanted = {k for k, pub in self.pubs.items()
@@ -327,24 +450,15 @@ class MatchingNodeCore:
                 self._last_viz = now
         return wanted
 
-    def _process(self, msgs) -> None:
-        wanted = self._wanted()
-        if not wanted:
-            # Lazy: nobody listens. A sequence restarts when someone subscribes again.
-            self.diagnostics.count('skipped')
-            self.pipeline.reset()
-            return
-        try:
-            result = self.pipeline.process(msgs, wanted)
-        except InputError as exc:
-            self._report(exc.code, exc.message)
-            return
+    def _deliver(self, stages: Stages, result) -> None:
+        """Publish a finished set (unless its configuration ended or the node was
+        deactivated meanwhile) and account for it."""
         if result.health is not None:
             self.diagnostics.health(result.health)
         if result.odometry_state is not None:
             self.diagnostics.odometry(result.odometry_state, result.odometry_quality)
         if result.paired:
-            if not self._active:   # deactivated while this set was being processed
+            if not self._active or stages is not self._stages:
                 self.diagnostics.count('ignored_inactive')
                 return
             t0 = time.perf_counter()
@@ -360,32 +474,42 @@ class MatchingNodeCore:
             code, _, text = note.partition(': ')
             self._report(code, text)
 
-    def _fault(self, exc: Exception) -> None:
-        """An exception in the worker: the pair is lost, the node goes on.
+    def _fault(self, stages: Stages, exc: Exception) -> None:
+        """An exception in a stage: the set is lost, the node goes on.
 
-        CUDA out of memory (a large image, another process on the GPU) is counted as ``oom``
-        and the CUDA cache is emptied so the next pair can get memory again; anything else is
-        logged with its traceback and counted as ``worker_errors`` (and, as documented before,
-        ``bad_input.internal_error``). A sequence restarts: the previous frame's features may
-        be what the failure left behind.
+        CUDA out of memory (a large image, another process on the GPU) is counted as ``oom``;
+        the failed set's tensors -- still referenced by the exception's frames -- are let go
+        before the CUDA cache is emptied, so the next set can get that memory. Anything else
+        is logged with its traceback and counted as ``worker_errors`` (and, as documented
+        before, ``bad_input.internal_error``). A sequence restarts (on the model stage's
+        thread, before its next set): the previous frame's features may be what the failure
+        left behind.
         """
-        import torch
-        if self.pipeline is not None:
-            self.pipeline.reset()
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            if str(self.device).startswith('cuda'):
-                torch.cuda.empty_cache()
-            self.diagnostics.count('oom')
-            self._log_limited('oom', f'CUDA out of memory, pair dropped ({exc}); lower '
-                                     f'H_lr/W_lr/H_hr/W_hr or the setting if this repeats',
-                              self.diagnostics.counts['oom'])
-            return
-        self.diagnostics.count('worker_errors')
-        self.diagnostics.error('internal_error')
-        self._log_limited('internal_error', f'unexpected {type(exc).__name__} in the worker, '
-                                            f'pair dropped, node continues:\n'
-                                            f'{traceback.format_exc()}',
-                          self.diagnostics.counts['worker_errors'], error=True)
+        try:
+            stages.reset_requested.set()
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                # the set's tensors: its frames (the sequence's reset let go of the previous
+                # ones) and the locals of the calls the exception went through
+                text = str(exc)
+                _release_frames(exc)
+                del exc
+                if str(self.device).startswith('cuda'):
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                self.diagnostics.count('oom')
+                self._log_limited('oom', f'CUDA out of memory, set dropped ({text}); lower '
+                                         f'H_lr/W_lr/H_hr/W_hr or the setting if this repeats',
+                                  self.diagnostics.counts['oom'])
+                return
+            self.diagnostics.count('worker_errors')
+            self.diagnostics.error('internal_error')
+            self._log_limited('internal_error', f'unexpected {type(exc).__name__} in the '
+                                                f'{threading.current_thread().name} stage, set '
+                                                f'dropped, node continues:\n'
+                                                f'{"".join(traceback.format_exception(exc))}',
+                              self.diagnostics.counts['worker_errors'], error=True)
+        except Exception:  # noqa: BLE001 - even the accounting failed: stderr, go on
+            traceback.print_exc()
 
     def _log_limited(self, code: str, text: str, count: int, error: bool = False) -> bool:
         """Log ``text`` the first time ``code`` is seen, then at most every LOG_REPEAT_S."""
@@ -409,6 +533,15 @@ class MatchingNodeCore:
         self._log_limited(code, f'bad input [{code}]: {text}', self.diagnostics.errors[code])
 
 
+def _release_frames(exc: BaseException) -> None:
+    """Let go of the locals (tensors) that ``exc``'s traceback frames hold."""
+    tb = exc.__traceback__
+    if tb is not None:
+        traceback.clear_frames(tb)
+    exc.__traceback__ = None
+    exc.__context__ = exc.__cause__ = None
+
+
 class RoMaV2Node(MatchingNodeCore, Node):
     """The plain node: :meth:`start` configures and activates (raises StartupError),
     :meth:`close` cleans up."""
@@ -425,18 +558,25 @@ class RoMaV2Node(MatchingNodeCore, Node):
         self._cleanup()
 
 
-class RoMaV2LifecycleNode(MatchingNodeCore, LifecycleNode):
-    """The managed node: the transitions of the module docstring's table."""
+class RoMaV2LifecycleNode(MatchingNodeCore, LifecycleNodeMixin, Node):
+    """The managed node: the transitions of the module docstring's table. Its lifecycle
+    services have their own (reentrant) callback group, so ``get_state`` answers during a
+    long ``configure``."""
 
     def __init__(self, **kwargs):
-        LifecycleNode.__init__(self, NODE_NAME, **kwargs)
+        Node.__init__(self, NODE_NAME, **kwargs)
+        LifecycleNodeMixin.__init__(self, callback_group=ReentrantCallbackGroup())
         self._init_core(params.LIFECYCLE_PARAMS)
+        # the bond a Nav2 lifecycle_manager waits for after activating the node
+        self._bond = ManagedNodeBond(self, self.values['bond_heartbeat_period'])
 
     def on_configure(self, state) -> TransitionCallbackReturn:
         try:
             self._configure()
-        except (StartupError, ValueError, rclpy.exceptions.ParameterException) as exc:
-            self.get_logger().error(f'configure failed, staying unconfigured: {exc}')
+        except Exception as exc:  # noqa: BLE001 - any failure leaves the node unconfigured
+            text = str(exc) if isinstance(exc, StartupError) else \
+                f'{type(exc).__name__}: {exc}'
+            self.get_logger().error(f'configure failed, staying unconfigured: {text}')
             self._cleanup()
             return TransitionCallbackReturn.FAILURE
         self.diagnostics.state = 'inactive'
@@ -444,9 +584,11 @@ class RoMaV2LifecycleNode(MatchingNodeCore, LifecycleNode):
 
     def on_activate(self, state) -> TransitionCallbackReturn:
         self._activate()
+        self._bond.start()
         return super().on_activate(state)
 
     def on_deactivate(self, state) -> TransitionCallbackReturn:
+        self._bond.stop()
         self._deactivate()
         return super().on_deactivate(state)
 
@@ -455,6 +597,7 @@ class RoMaV2LifecycleNode(MatchingNodeCore, LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state) -> TransitionCallbackReturn:
+        self._bond.stop()
         self._cleanup()
         return TransitionCallbackReturn.SUCCESS
 
@@ -465,6 +608,7 @@ class RoMaV2LifecycleNode(MatchingNodeCore, LifecycleNode):
         self.destroy_lifecycle_publisher(pub)
 
     def close(self) -> None:
+        self._bond.stop()
         self._cleanup()
 
 
@@ -484,17 +628,39 @@ def _explain(exc: BaseException, values: dict) -> str:
 
 
 def _run(make_node, start) -> int:
-    """Create the node, ``start(node)``, spin until SIGINT/SIGTERM; the exit status."""
+    """Create the node, spin, and ``start(node)`` from the executor (so that its services
+    answer meanwhile), until SIGINT/SIGTERM; the exit status."""
     log = rclpy.logging.get_logger(NODE_NAME)
     node = None
     status = 0
+    failure = []
     try:
         node = make_node()
-        start(node)
-        executor = SingleThreadedExecutor()
+        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
         executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+
+        def start_once():
+            timer.cancel()
+            try:
+                start(node)
+            except Exception as exc:  # noqa: BLE001 - reported below, exit status 1
+                failure.append(exc)
+                rclpy.try_shutdown()          # ends the spin
+        timer = node.create_timer(0.0, start_once,
+                                  callback_group=MutuallyExclusiveCallbackGroup())
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        except Exception:
+            if rclpy.ok():
+                raise
+            # SIGINT/SIGTERM shut the context down while the executor was building its wait
+            # set: rclpy raises RCLError ("context is not valid") instead of
+            # ExternalShutdownException there. That is a requested shutdown, not a failure.
+        if failure:
+            raise failure[0]
+    except KeyboardInterrupt:
         pass
     except StartupError as exc:
         log.fatal(str(exc))
@@ -505,24 +671,32 @@ def _run(make_node, start) -> int:
     except Exception:
         if rclpy.ok():
             raise
-        # SIGINT/SIGTERM shut the context down while the executor was being created or was
-        # building its wait set: rclpy raises RCLError ("context is not valid") instead of
-        # ExternalShutdownException there. That is a requested shutdown, not a failure.
+        # SIGINT/SIGTERM shut the context down while the node or the executor was being
+        # created: a requested shutdown, not a failure.
     finally:
         if node is not None:
+            log.info('shutting down')
             node.close()
             node.destroy_node()
         rclpy.try_shutdown()
         _release_context()
     if os.path.basename(sys.argv[0]) in ('romav2_node', 'romav2_lifecycle_node'):
-        # The console script: everything is shut down (worker joined, node destroyed, DDS
-        # participant released), so skip the interpreter's teardown of torch and its
-        # extensions, which takes 0.7 s to several seconds on a loaded machine and would
-        # push SIGINT/SIGTERM shutdown past 2 s. In-process callers get the status back.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        _exit_now(status)
     return status
+
+
+def _exit_now(status: int) -> None:
+    """The console script's exit: everything is shut down (stage threads joined, node
+    destroyed, DDS participant released), so after the atexit handlers and the logging and
+    stdio flushes skip the interpreter's teardown of torch and its extensions, which takes
+    0.7 s to several seconds on a loaded machine and would push SIGINT/SIGTERM shutdown
+    past 2 s."""
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ctypes.CDLL(None).fflush(None)        # C stdio: rcutils' console log lines
+    os._exit(status)
 
 
 def _autostart(node: RoMaV2LifecycleNode) -> None:

@@ -7,11 +7,15 @@ import sys
 from romav2_ros import params
 
 
-def _type(value) -> str:
-    return {bool: 'bool', int: 'int', float: 'double', str: 'string'}[type(value)]
+def _type(p: params.Param) -> str:
+    if p.kind == 'double_array':
+        return 'double[]'
+    return {bool: 'bool', int: 'int', float: 'double', str: 'string'}[type(p.default)]
 
 
 def _default(value) -> str:
+    if value is None:
+        return 'unset'
     if isinstance(value, bool):
         return f'`{str(value).lower()}`'
     return f'`{value!r}`'
@@ -30,7 +34,7 @@ def table(rows=params.PARAMS) -> str:
     lines = ['| name | type | default | units | range / choices | runtime | meaning |',
              '| --- | --- | --- | --- | --- | --- | --- |']
     for p in rows:
-        lines.append(f'| `{p.name}` | {_type(p.default)} | {_default(p.default)} | {p.units} | '
+        lines.append(f'| `{p.name}` | {_type(p)} | {_default(p.default)} | {p.units} | '
                      f'{_range(p)} | {"yes" if p.runtime else "no"} | {p.description} |')
     return '\n'.join(lines) + '\n'
 

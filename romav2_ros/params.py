@@ -17,7 +17,9 @@ from romav2_core.capacity import check_fits
 from romav2_core.config import (COMPILE_MODES, LOCAL_CORR_IMPLS, PRECISIONS, SETTINGS,
                                 RoMaV2Config)
 from romav2_ros.image_conversion import MAX_IMAGE_PIXELS
+from romav2_core.stereo import POINT_FRAMES
 from romav2_ros.pipeline import MODES, OUTPUTS, PipelineConfig
+from romav2_ros.static_tf import mount_from_parameter
 
 QOS_CHOICES = ('sensor_data', 'reliable', 'system_default')
 
@@ -31,6 +33,8 @@ class Param:
     choices: Optional[tuple] = None             # allowed strings
     range: Optional[tuple] = None               # (from, to[, step]) inclusive
     units: str = ''
+    #: 'double_array' for a list parameter without a default (then ``default`` is None: unset)
+    kind: Optional[str] = None
 
 
 PARAMS: tuple[Param, ...] = (
@@ -101,6 +105,18 @@ PARAMS: tuple[Param, ...] = (
           runtime=True),
     Param('points_stride', 1, '~/points2: keep every n-th row and column', runtime=True,
           range=(1, 64)),
+    Param('points_frame', 'rectified', '~/points2: rectified = the frame the rectified '
+                                       'images and ~/depth live in (as stereo_image_proc); '
+                                       'optical = rotated by camera_info R^T into the '
+                                       'physical optical frame', runtime=True,
+          choices=POINT_FRAMES),
+    Param('min_disparity', 0.0, 'smallest valid disparity (~/disparity min_disparity); below '
+                                'it every stereo output is invalid', runtime=True,
+          range=(-4096.0, 4096.0), units='px'),
+    Param('max_disparity', 256.0, 'largest valid disparity (~/disparity max_disparity, a '
+                                  'viewer\'s colour scale); above it every stereo output is '
+                                  'invalid', runtime=True, range=(-4096.0, 4096.0),
+          units='px'),
     Param('rectification_warn_px', 1.0, 'stereo: WARN in /diagnostics when the median '
                                         'vertical disparity of confident matches exceeds it',
           runtime=True, range=(0.0, 100.0), units='px'),
@@ -110,6 +126,26 @@ PARAMS: tuple[Param, ...] = (
     # --- stereo_odometry
     Param('odom_frame', 'odom', 'stereo_odometry: frame of ~/odometry and of the TF parent '
                                 '(the left camera\'s pose at the start)'),
+    Param('keyframe_overlap', 0.7, 'stereo_odometry: a frame whose covisibility with its '
+                                   'keyframe (share of its cells matched into it, relative '
+                                   'to the keyframe\'s stereo share) drops below this becomes '
+                                   'the next keyframe', runtime=True, range=(0.0, 1.0)),
+    Param('keyframe_flow', 0.1, 'stereo_odometry: a frame whose median image motion from its '
+                                'keyframe exceeds this fraction of the image width becomes the '
+                                'next keyframe', runtime=True, range=(0.0, 10.0)),
+    Param('tracking_min_overlap', 0.2, 'stereo_odometry: below this covisibility a frame is '
+                                       'not tracked (LOST) and never a keyframe', runtime=True,
+          range=(0.0, 1.0)),
+    Param('max_lost_frames', 5, 'stereo_odometry: lost frames in a row before a new '
+                                'odometry segment starts (until then each frame tries the '
+                                'last keyframe)', runtime=True, range=(0, 100000)),
+    Param('base_frame', '', 'stereo_odometry: the robot body frame (e.g. base_link): '
+                            '~/odometry and TF become odom_frame -> base_frame (REP 105) '
+                            'through the camera mount; empty: the left camera\'s own odometry'),
+    Param('base_to_camera', None, 'stereo_odometry with base_frame: pose of the left image\'s '
+                                  'frame in base_frame, [x, y, z, roll, pitch, yaw] (m, rad; '
+                                  'URDF <origin>) or [x, y, z, qx, qy, qz, qw]; unset: read '
+                                  'from /tf_static', kind='double_array'),
     Param('publish_tf', False, 'stereo_odometry: broadcast odom_frame -> left camera frame on '
                                '/tf (needs tf2_msgs; the camera frame must have no other '
                                'parent in the TF tree)'),
@@ -120,6 +156,9 @@ PARAMS: tuple[Param, ...] = (
 LIFECYCLE_PARAMS: tuple[Param, ...] = (
     Param('autostart', False, 'configure and activate at start (what launch files\' '
                               'lifecycle:=true sets); false: wait for a lifecycle manager'),
+    Param('bond_heartbeat_period', 0.1, 'heartbeat period of the bond to a Nav2 lifecycle '
+                                        'manager, formed at activation (needs the ROS package '
+                                        'bond); 0.0 = no bond', range=(0.0, 1.0), units='s'),
 )
 
 
@@ -166,10 +205,14 @@ def descriptor(p: Param):
 
 
 def declare(node, extra: tuple = ()) -> dict:
-    """Declare every parameter (and ``extra`` ones) on ``node``; return ``{name: value}``."""
+    """Declare every parameter (and ``extra`` ones) on ``node``; return ``{name: value}``
+    (None for an unset list parameter)."""
+    from rclpy.parameter import Parameter
     table = PARAMS + tuple(extra)
-    node.declare_parameters('', [(p.name, p.default, descriptor(p)) for p in table])
-    return {p.name: node.get_parameter(p.name).value for p in table}
+    node.declare_parameters('', [(p.name, Parameter.Type.DOUBLE_ARRAY if p.kind ==
+                                  'double_array' else p.default, descriptor(p)) for p in table])
+    values = {p.name: node.get_parameter_or(p.name).value for p in table}
+    return {k: list(v) if v is not None and BY_NAME[k].kind else v for k, v in values.items()}
 
 
 def check(name: str, value) -> Optional[str]:
@@ -186,16 +229,28 @@ def check(name: str, value) -> Optional[str]:
         return f'device={value!r}: auto, cpu, cuda or cuda:N'
     if name in ('H_hr', 'W_hr') and value > 0 and value % 16:
         return f'{name}={value}: must be a multiple of 16 (or 0 = preset, -1 = off)'
+    if name == 'base_to_camera' and value is not None:
+        try:
+            mount_from_parameter(value)
+        except ValueError as exc:
+            return f'{name}: {exc}'
     return None
 
 
-def validate(params):
-    """On-set callback: reject the whole set with the first reason found."""
+def validate(params, current: Optional[dict] = None):
+    """On-set callback: reject the whole set with the first reason found; with the node's
+    ``current`` values, also the combinations a processing config refuses (e.g.
+    ``min_disparity`` above ``max_disparity``)."""
     from rcl_interfaces.msg import SetParametersResult
     for param in params:
         reason = check(param.name, param.value)
         if reason:
             return SetParametersResult(successful=False, reason=reason)
+    if current is not None:
+        try:
+            pipeline_config({**current, **{p.name: p.value for p in params}})
+        except ValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
     return SetParametersResult(successful=True)
 
 
@@ -212,6 +267,9 @@ def model_config(values: dict) -> RoMaV2Config:
         overrides.update({k: v for k, v in zip(('H_hr', 'W_hr'), hr) if v > 0})
     # B -> A only when asked: no output uses it (the presets' bidirectional flag is ignored).
     overrides['bidirectional'] = values['bidirectional']
+    # ~/certainty is the model's overlap probability in every setting: the mega1500 family's
+    # threshold (overlap above 0.05 set to 1, a benchmark sampling quirk) is not applied.
+    overrides['threshold'] = None
     cfg = RoMaV2Config.from_setting(values['setting'], local_corr=values['local_corr'],
                                     compile=values['compile'], **overrides)
     device = resolve_device(values['device'])

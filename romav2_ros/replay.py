@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from romav2_ros import bag_io, messages
+from romav2_ros import bag_io, messages, static_tf
 
 #: Image type of each ``input_transport`` (node parameter).
 IMAGE_TYPES = {'raw': 'sensor_msgs/msg/Image', 'compressed': 'sensor_msgs/msg/CompressedImage'}
@@ -50,6 +50,8 @@ def _parse_value(name: str, text: str):
     """A ``-p`` value as the type of the parameter's default."""
     from romav2_ros import params
     default = params.BY_NAME[name].default
+    if params.BY_NAME[name].kind == 'double_array':     # [1.0, 2, 3] or 1.0,2,3
+        return [float(v) for v in text.strip().strip('[]').split(',') if v.strip()]
     if isinstance(default, bool):
         if text.lower() not in ('true', 'false'):
             raise ValueError(f'{name}: true or false, not {text!r}')
@@ -112,7 +114,8 @@ def build_parser(bag_paths: bool = True) -> argparse.ArgumentParser:
     parser.add_argument('--batch', type=int, default=1, metavar='N',
                         help=f'sets run through the model at once (1-{MAX_BATCH}; stereo: '
                              f'independent pairs, sequential: consecutive frames, each '
-                             f'encoded once); outputs equal --batch 1')
+                             f'encoded once; stereo_odometry: one at a time); outputs equal '
+                             f'--batch 1')
     model = parser.add_argument_group('model (shortcuts for node parameters)')
     model.add_argument('--setting', help='setting: turbo, fast, base, precise (node default), '
                                          'mega1500')
@@ -208,6 +211,18 @@ def select_topics(connections, mode: str, topics: list[str] | None,
                 f'type {types[topic]}, expected {want}' if topic in types
                 else f'not in the bag (topics: {sorted(types)})'))
     return roles
+
+
+def static_transforms(reader) -> list:
+    """The bag's ``/tf_static`` messages (a robot's camera mount), deserialised by rosbags
+    (tf2_msgs need not be installed); empty when it has none."""
+    connections = [c for c in reader.connections if c.topic == static_tf.TF_STATIC_TOPIC and
+                   c.msgtype == 'tf2_msgs/msg/TFMessage']
+    if not connections:
+        return []
+    store = bag_io.typestore()
+    return [store.deserialize_cdr(raw, c.msgtype)
+            for c, _, raw in bag_io.read_messages(reader, connections)]
 
 
 class Pairer:
@@ -514,7 +529,8 @@ def replay_bag(args, matcher=None, progress=Progress, window: TimeWindow | None 
                   f', setting {values["setting"]}, device {values["device"]})', file=sys.stderr,
                   flush=True)
             matcher = build_matcher(values)
-        pipeline = MatchingPipeline(matcher, params.pipeline_config(values))
+        pipeline = MatchingPipeline(matcher, params.pipeline_config(values),
+                                    static_tf.camera_mounts(values, static_transforms(reader)))
         pairer = Pairer(ROLES[args.mode], values)
         status, error = 'done', None
         window = window or TimeWindow()

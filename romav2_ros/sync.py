@@ -70,7 +70,7 @@ class ExactTimeSynchronizer(SimpleFilter):
     def __init__(self, fs, queue_size, max_stamp_jump=None):
         super().__init__()
         self.queue_size = int(queue_size)
-        self.jump_ns = None if max_stamp_jump is None else int(float(max_stamp_jump) * 1e9)
+        self.max_stamp_jump = max_stamp_jump
         self.queues = [{} for _ in fs]
         self.emitted = [None for _ in fs]      # per input: stamp of its last matched message
         self.lock = threading.Lock()
@@ -78,6 +78,16 @@ class ExactTimeSynchronizer(SimpleFilter):
         self._late = deque(maxlen=4 * len(fs) * max(self.queue_size, 1))
         for i, f in enumerate(fs):
             f.registerCallback(self.add, i)
+
+    @property
+    def max_stamp_jump(self):
+        """Seconds back in time beyond which a message starts the synchroniser over (None:
+        never); settable at runtime (the node's runtime parameter of the same name)."""
+        return None if self.jump_ns is None else self.jump_ns * 1e-9
+
+    @max_stamp_jump.setter
+    def max_stamp_jump(self, seconds) -> None:
+        self.jump_ns = None if seconds is None else int(float(seconds) * 1e9)
 
     def registerDropCallback(self, cb):  # noqa: N802 (in the style of registerCallback)
         """``cb(reason, msg)`` for every dropped set (reason ``'late'``)."""

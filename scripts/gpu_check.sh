@@ -8,7 +8,9 @@
 #   4. the same at `turbo` 320x320 batch 8,
 #   5. the sequential-stream benchmark (`base`),
 #   6. the node overhead (the installed romav2_node on loopback, in a private network namespace),
-#   7. optionally (--with-compile) torch.compile: cold and restart compile time, compiled vs eager,
+#   7. the node rate (bench_rate.py, the real model with seeded random weights on CUDA, same
+#      namespace): the four cases at 30 Hz input, and the peak input rate of depth + points2,
+#   8. optionally (--with-compile) torch.compile: cold and restart compile time, compiled vs eager,
 # and writes every JSON under docs/bench-results/<date>-<gpu>/ plus a one-screen summary
 # (summary.txt). Exit status 0 only if every step succeeded.
 #
@@ -33,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     --smoke) SMOKE=1 ;;
     --with-compile) WITH_COMPILE=1 ;;
     --out) OUT="$2"; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -106,6 +108,8 @@ if [[ $SMOKE == 1 ]]; then
   TURBO=(--smoke --batch 2)
   STREAM=(--smoke)
   NODE=(--smoke)
+  RATE=(--smoke --model random --case depth_points2)
+  RATE_PEAK=(--smoke --model random --case depth_points2 --peak)
   COMPILE=(--smoke --bidirectional uni)
   LIMIT=600
 else
@@ -114,6 +118,9 @@ else
   TURBO=(--setting turbo --batch 8 --repeats 5 --warmup 2 --official-kernel both)
   STREAM=(--setting base --frames 50 --warmup-pairs 3)
   NODE=(--setting turbo --image-size 640 480 --pairs 20 --device cuda)
+  RATE=(--model random --device cuda --rate 30 --warmup 3 --duration 5)
+  RATE_PEAK=(--model random --device cuda --case depth_points2 --peak
+             --peak-rates 10 15 20 25 30 40 --warmup 2 --duration 4)
   COMPILE=(--setting base --batch 8 --bidirectional uni --mode max-autotune)
   LIMIT=300
 fi
@@ -125,6 +132,8 @@ step model_base "$LIMIT" model_base_b8.json "$PY" bench/bench_model.py "${BASE[@
 step model_turbo "$LIMIT" model_turbo_b8.json "$PY" bench/bench_model.py "${TURBO[@]}"
 step stream "$LIMIT" stream_base.json "$PY" bench/bench_stream.py "${STREAM[@]}"
 step node "$LIMIT" node_turbo.json "${NETNS[@]}" "$PY" bench/bench_node.py "${NODE[@]}"
+step rate "$LIMIT" rate_30hz.json "${NETNS[@]}" "$PY" bench/bench_rate.py "${RATE[@]}"
+step rate_peak "$LIMIT" rate_peak.json "${NETNS[@]}" "$PY" bench/bench_rate.py "${RATE_PEAK[@]}"
 if [[ $WITH_COMPILE == 1 ]]; then
   step compile 900 compile_base.json "$PY" bench/bench_compile.py "${COMPILE[@]}"
 fi

@@ -20,6 +20,13 @@ WANT="$(inputs_hash)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
   exit 0
 fi
+# One set-up at a time (two test runs started together): the second waits, then finds the
+# stamp current and stops.
+exec 9>"$VENV.setup-lock"
+flock 9
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
+  exit 0
+fi
 
 log() { echo "[setup] $*" >&2; }
 t0=$(date +%s)

@@ -160,12 +160,14 @@ def test_gpu_check_smoke(tmp_path, ros_env_guard):
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
     steps = [line.split('\t') for line in (tmp_path / 'steps.tsv').read_text().splitlines()]
     assert [s[0] for s in steps] == ['gpu_tests', 'local_corr', 'model_base', 'model_turbo',
-                                     'stream', 'node'] and all(s[1] == '0' for s in steps)
+                                     'stream', 'node', 'rate', 'rate_peak'] and \
+        all(s[1] == '0' for s in steps)
     for name in ('local_corr.json', 'model_base_b8.json', 'model_turbo_b8.json',
-                 'stream_base.json', 'node_turbo.json'):
+                 'stream_base.json', 'node_turbo.json', 'rate_30hz.json', 'rate_peak.json'):
         json.loads((tmp_path / name).read_text())
     summary = (tmp_path / 'summary.txt').read_text()
     assert 'gpu tests:' in summary and 'kernel benchmark' in summary and 'node:' in summary
+    assert 'rate depth_points2 (random base)' in summary and ', peak ' in summary
     assert 'missing' not in summary.replace('compile_*.json: missing', '')
     assert summary.strip() in out.stdout
 

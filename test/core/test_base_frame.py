@@ -14,7 +14,7 @@ from scipy.linalg import expm
 from scipy.spatial.transform import Rotation as Rot
 
 from romav2_core.base_frame import CameraMount, pose_in_base_odom, step_in_base, twist_in_base
-from romav2_core.odometry import OdometryStep
+from romav2_core.tracking import OdometryStep
 
 #: Optical axes (x right, y down, z forward) on a level body's axes (x forward, y left, z up).
 OPTICAL_IN_BODY = np.array([[0.0, 0, 1], [-1, 0, 0], [0, -1, 0]])
@@ -102,7 +102,8 @@ def test_known_body_motion_comes_back_exactly(start, xi_b):
         xi_c = camera_twist(T_world_cam, s)
         step = OdometryStep(R=cam[:3, :3], p=cam[:3, 3], covariance=np.zeros((6, 6)),
                             linear=xi_c[:3], angular=xi_c[3:],
-                            twist_covariance=np.zeros((6, 6)), segment=0)
+                            twist_covariance=np.zeros((6, 6)), state='OK', segment=0,
+                            keyframe_id=0)
         out = step_in_base(step, MOUNT)
         truth = np.linalg.inv(start) @ T_wb                            # base in odom
         # poses: products of a few 4x4 matrices, rounding only

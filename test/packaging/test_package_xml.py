@@ -41,7 +41,7 @@ ROSDEP_KEYS = {
 }
 #: ROS packages imported under their own name (``*_msgs`` count as such too).
 ROS_PACKAGES = {'rclpy', 'launch', 'launch_ros', 'ament_index_python', 'builtin_interfaces',
-                'rcl_interfaces'}
+                'rcl_interfaces', 'bond'}
 #: Imported but deliberately not rosdep keys: pip-installed, with where that is documented.
 PIP_ONLY = {
     'torch': 'docs/workspace.md "PyTorch on a ROS machine" (CUDA / Jetson wheels; rosdep '
@@ -52,6 +52,7 @@ PIP_ONLY = {
     'transformers': 'test oracle: requirements/test-oracles.txt',
     'poselib': 'eval/ reference solver: requirements/base.txt',
     'ray': 'the optional fleet tool (Ray): docs/workspace.md',
+    'evo': 'test scorer of trajectories: requirements/test-oracles.txt',
 }
 #: ``ros2 <verb>`` commands in launch files -> the keys that provide them. The project's bags
 #: are mcap (rosbag2's Jazzy default), whose storage plugin is a package of its own.

@@ -1,8 +1,8 @@
 """The node's worker logic without rclpy or DDS: :class:`MatchingNodeCore` (the code both
 node executables run) on a stand-in object with recording publishers and logger.
 
-Queueing, the worker, processing, fault handling and accounting are the node's own methods,
-unchanged; only what needs an rclpy context (publishers, the logger, ``/diagnostics``
+Queueing, the stage threads, processing, fault handling and accounting are the node's own
+methods, unchanged; only what needs an rclpy context (publishers, the logger, ``/diagnostics``
 publishing, subscriptions, subscriber counts) is replaced.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 
 from romav2_ros import params
 from romav2_ros.diagnostics import Diagnostics
-from romav2_ros.node import MatchingNodeCore
+from romav2_ros.node import MatchingNodeCore, Stages
 
 
 class RecordingLogger:
@@ -82,35 +82,44 @@ class InProcessNode(MatchingNodeCore):
 
     # ------------------------------------------------------------------ driving
     def start(self) -> 'InProcessNode':
-        """Configure (the worker thread builds the matcher) and activate, as the node."""
+        """Configure (the model stage's thread builds the matcher) and activate, as the
+        node."""
         self._configure()
         self._activate()
         return self
 
     def wait_taken(self, timeout: float = 10.0) -> None:
-        """Wait until the worker thread has taken the queued set."""
+        """Wait until the model stage has taken the queued set."""
         deadline = time.monotonic() + timeout
         while len(self.queue):
-            assert time.monotonic() < deadline, 'the worker did not take the set'
+            assert time.monotonic() < deadline, 'the model stage did not take the set'
             time.sleep(0.002)
 
     def close(self):
         self._cleanup()
 
     def build(self) -> 'InProcessNode':
-        """Build the matcher and pipeline on this thread, without a worker (synchronous use
-        with :meth:`feed`)."""
-        self._build_pipeline()
+        """Build the matcher and pipeline on this thread, without stage threads (synchronous
+        use with :meth:`feed`)."""
+        self._stages = Stages(self)
+        self._stages.pipeline = self._build_pipeline()
         self._open_topics()
         self._activate()
         return self
 
     def feed(self, *msgs) -> None:
-        """One synchronised set through the node's path: callback, queue, worker step."""
+        """One synchronised set through the node's path, on this thread: callback, queue,
+        the model stage's step, the hand-over, the host stage's step."""
         self._on_synchronized(*msgs)
-        item = self.queue.get(timeout=0)
+        stages = self._stages
+        item = stages.inputs.get(timeout=0)
         assert item is not None
-        self._handle(item)
+        if stages.reset_requested.is_set():        # what the model stage's loop does
+            stages.reset_requested.clear()
+            stages.pipeline.reset()
+        self._model_step(stages, item)
+        if not stages.handoff.empty():
+            self._host_step(stages, stages.handoff.get_nowait())
 
     def outputs(self, key: str):
         return self.pubs[key].messages

@@ -1,6 +1,8 @@
 """Faults inside the worker, in-process (no DDS): CUDA out-of-memory, unexpected exceptions
 in the matcher or while publishing. The pair is lost and counted; the node goes on."""
+import threading
 import time
+import weakref
 
 import pytest
 import torch
@@ -8,6 +10,9 @@ from builtin_interfaces.msg import Time
 
 import fault_matchers as fm
 from inprocess_node import InProcessNode
+from romav2_ros import node as node_module
+from romav2_ros import params
+from romav2_ros.pipeline import MatchingPipeline
 
 
 def t(k: int) -> Time:
@@ -67,7 +72,7 @@ def test_worker_thread_survives_exceptions_and_logs_the_traceback():
             sent += 1
             wait(lambda: node.diagnostics.counts['processed'] +
                  node.diagnostics.counts['worker_errors'] == sent)
-        assert node._worker.is_alive()
+        assert node._stages.alive
         assert node.diagnostics.counts['worker_errors'] == 2
         assert node.diagnostics.errors['internal_error'] == 2       # the documented key
         assert [m.header.stamp for m in node.outputs('warp')] == [t(0), t(2), t(4)]
@@ -103,9 +108,81 @@ def test_close_while_the_model_is_busy_is_prompt():
     node._on_synchronized(*fm.stereo_set(0, t(0)))
     node.wait_taken()
     time.sleep(0.05)                      # inside the 0.3 s match
-    worker = node._worker
+    stages = node._stages
     start = time.monotonic()
     node.close()
     elapsed = time.monotonic() - start
-    assert not worker.is_alive()
+    assert not stages.alive
     assert elapsed < 0.5, f'close took {elapsed:.2f} s'
+
+
+class _OomHoldingMatcher(fm.ShiftMatcher):
+    """Raises CUDA out of memory while a large tensor of the failed set is alive in its own
+    frame (as a real model's activations are when the allocator gives up)."""
+
+    def __init__(self):
+        super().__init__()
+        self.held = []
+
+    def match_features(self, fa, fb):
+        activations = torch.empty(1 << 20)
+        self.held.append(weakref.ref(activations))
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory (simulated, tensors held)')
+
+
+def test_cuda_oom_lets_go_of_the_failed_sets_tensors_before_emptying_the_cache(monkeypatch):
+    """Emptying the cache while the failed set's tensors are still referenced (by the
+    exception's frames, the kept frames) would free nothing."""
+    matcher = _OomHoldingMatcher()
+    node = InProcessNode('stereo', device='cuda').build()
+    node._stages.pipeline.matcher = matcher
+    node.diagnostics._gpu = lambda: {}
+    alive_at_empty = []
+    monkeypatch.setattr(torch.cuda, 'empty_cache',
+                        lambda: alive_at_empty.append(matcher.held[-1]() is not None))
+    node.feed(*fm.stereo_set(0, t(0)))
+    assert node.diagnostics.counts['oom'] == 1
+    assert alive_at_empty == [False]
+
+
+class _ThreadRecordingMatcher(fm.ShiftMatcher):
+    """A slow matcher that records the thread of every match."""
+
+    def __init__(self, delay):
+        super().__init__(delay=delay)
+        self.threads = []
+
+    def match_features(self, fa, fb):
+        self.threads.append(threading.current_thread())
+        return super().match_features(fa, fb)
+
+
+def test_a_cleanup_that_cannot_wait_leaves_nothing_shared_with_the_next_configure(monkeypatch):
+    """A cleanup that gives up waiting for a busy model stage, then a configure: the old
+    thread ends after its call and never takes the new configuration's sets (before: the two
+    workers shared one queue and one pipeline)."""
+    monkeypatch.setattr(node_module, 'JOIN_TIMEOUT_S', 0.05)
+    matcher = _ThreadRecordingMatcher(delay=0.5)
+    monkeypatch.setattr(InProcessNode, '_build_pipeline', lambda self: MatchingPipeline(
+        matcher, params.pipeline_config(self.values)))
+    node = InProcessNode('stereo').start()
+    try:
+        old = node._stages
+        node._on_synchronized(*fm.stereo_set(0, t(0)))
+        node.wait_taken()
+        time.sleep(0.05)                                  # inside the 0.5 s match
+        node.close()                                      # gives up after 0.05 s
+        assert old.alive
+        node._configure()
+        node._activate()
+        new = node._stages
+        assert new.inputs is not old.inputs and new.handoff is not old.handoff
+        for k in range(1, 4):
+            node._on_synchronized(*fm.stereo_set(k, t(k)))
+            wait(lambda: node.diagnostics.counts['processed'] == k, timeout=20)
+        wait(lambda: not old.alive)
+        new_model = next(th for th in new.threads if th.name == 'romav2_model')
+        assert matcher.threads[1:] == [new_model] * 3
+        assert [m.header.stamp for m in node.outputs('warp')] == [t(1), t(2), t(3)]
+    finally:
+        node.close()

@@ -7,6 +7,8 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
+if str(HERE.parent / 'ros') not in sys.path:    # node_harness (test_player's node test)
+    sys.path.insert(0, str(HERE.parent / 'ros'))
 
 
 @pytest.fixture

@@ -95,9 +95,12 @@ def test_node_outputs_carry_the_bag_stamps(tmp_path, ros_env_guard, play_exe, sc
     """Bag -> romav2-play -> romav2_node (sim time, oracle matcher) -> outputs stamped like
     the bag's images: the replay recipe of docs/replay.md, live."""
     import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
     from rclpy.parameter import Parameter
     from sensor_msgs.msg import Image
     from stereo_msgs.msg import DisparityImage
+
+    from node_harness import reported_subscribers, subscribers_reported
 
     node_exe = play_exe.parent / 'romav2_node'
     stamps = doubles.write_stereo_bag(tmp_path / 'bag', 'mcap', pairs=5)
@@ -117,10 +120,12 @@ def test_node_outputs_carry_the_bag_stamps(tmp_path, ros_env_guard, play_exe, sc
         tester.create_subscription(Image, '/romav2_node/warp', warps.append, 10)
         tester.create_subscription(DisparityImage, '/romav2_node/disparity',
                                    disparities.append, 10)
-        # The node opens its topics once its model is built; wait until it sees us.
-        assert spin_until(tester, lambda: tester.count_publishers('/romav2_node/warp') > 0
-                          and tester.count_publishers('/romav2_node/disparity') > 0, 60)
-        spin_until(tester, lambda: False, 1.0)
+        diagnostics = []
+        tester.create_subscription(DiagnosticArray, '/diagnostics', diagnostics.append, 50)
+        # The node opens its topics once its model is built; wait until its output publishers
+        # have matched ours (it publishes only to listeners; see node_harness).
+        assert spin_until(tester, lambda: subscribers_reported(
+            diagnostics, ['warp', 'disparity']), 60), reported_subscribers(diagnostics)
         play = subprocess.Popen([str(play_exe), str(tmp_path / 'bag'), '--rate', '0.5',
                                  '--wait-for-subscribers', '30', '--ros-args', *remaps],
                                 env=script_env, stderr=subprocess.PIPE, text=True)

@@ -3,6 +3,15 @@
 Both processes use the Fast DDS large-image profile (config/fastdds_large_images.xml) so
 640 x 480 images survive best-effort subscriptions. The node finds the oracle matchers through
 PYTHONPATH (this folder).
+
+Connected means matched on the publishing side. DDS matches each writer-reader pair on both
+sides independently, and a volatile message written before the writer has matched a reader
+never reaches it; seeing the other side in the graph (``count_publishers`` /
+``count_subscribers``, from the receiver or from a third process) says nothing about that
+match. So before traffic is measured the tester waits for ``publisher.get_subscription_count()``
+of its own publishers (the inputs it sends), and for the node's ``/diagnostics`` report
+``subscribers.<output>`` (the node's publishers' matched counts) for what the node sends:
+:meth:`Tester.wait_node_subscribers`.
 """
 from __future__ import annotations
 
@@ -57,15 +66,17 @@ def node_env() -> dict:
 
 
 class NodeProcess:
-    """``<executable> --ros-args -p k:=v ...`` with its output in ``log``."""
+    """``<executable> --ros-args [--params-file F] -p k:=v ...`` with its output in ``log``."""
 
     def __init__(self, params: dict, log: Path, executable: str = 'romav2_node',
-                 env: dict | None = None):
+                 env: dict | None = None, params_file: Path | None = None):
         if os.environ.get(EXECUTABLE_VAR):   # an installed romav2_node; its siblings beside it
             args = [str(Path(os.environ[EXECUTABLE_VAR]).with_name(executable)), '--ros-args']
         else:
             exe = shutil.which(executable, path=str(Path(sys.executable).parent)) or executable
             args = [sys.executable, exe, '--ros-args']
+        if params_file is not None:   # first: the -p overrides below win over the file
+            args += ['--params-file', str(params_file)]
         for k, v in params.items():
             args += ['-p', f'{k}:={str(v).lower() if isinstance(v, bool) else v}']
         self.log = log
@@ -101,6 +112,7 @@ class Tester:
         self.node = Node('romav2_tester')
         self.received: dict[str, list] = {}
         self.diag = []
+        self._diag_sub = None
 
     def reliable(self, depth=50):
         return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
@@ -115,7 +127,9 @@ class Tester:
 
     def record_diagnostics(self):
         from diagnostic_msgs.msg import DiagnosticArray
-        self.node.create_subscription(DiagnosticArray, '/diagnostics', self.diag.append, 50)
+        if self._diag_sub is None:
+            self._diag_sub = self.node.create_subscription(DiagnosticArray, '/diagnostics',
+                                                           self.diag.append, 50)
 
     def diag_values(self, suffix: str) -> dict:
         """key -> value of the latest status whose name ends with ``suffix``."""
@@ -125,13 +139,29 @@ class Tester:
                     return {kv.key: kv.value for kv in st.values}
         return {}
 
-    def spin_until(self, predicate, timeout: float, what: str = 'condition'):
+    def wait_node_subscribers(self, keys, n: int = 1, timeout: float = 60.0,
+                              node: str = f'/{NODE}'):
+        """Wait until the node ``node`` (fully qualified name) reports, in a /diagnostics
+        message received after this call, that each of its output publishers ``keys``
+        (output names, ``tf``) has matched at least ``n`` subscriptions. Subscribes to
+        /diagnostics first if the test has not; a message from before the call may describe
+        publishers since destroyed (a lifecycle cleanup)."""
+        self.record_diagnostics()
+        start = len(self.diag)
+        self.spin_until(lambda: subscribers_reported(self.diag[start:], keys, n, node),
+                        timeout, lambda: f'{node} to report subscribers.* >= {n} of {list(keys)} '
+                        f'(latest: {reported_subscribers(self.diag[start:], node)})')
+
+    def spin_until(self, predicate, timeout: float, what='condition'):
+        """Spin until ``predicate()``; ``what``: text (or a callable giving it) for the
+        timeout message."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
                 return
             rclpy.spin_once(self.node, timeout_sec=0.05)
-        raise AssertionError(f'timed out after {timeout} s waiting for {what}')
+        raise AssertionError(f'timed out after {timeout} s waiting for '
+                             f'{what() if callable(what) else what}')
 
     def spin_for(self, seconds: float):
         deadline = time.monotonic() + seconds
@@ -150,6 +180,25 @@ class Tester:
     def close(self):
         self.node.destroy_node()
         rclpy.try_shutdown()
+
+
+def reported_subscribers(arrays, node: str = f'/{NODE}') -> dict | None:
+    """{output key: matched subscriptions} of the latest ``<node>: processing`` status in
+    ``arrays`` (diagnostic_msgs/DiagnosticArray, oldest first); None when there is none."""
+    prefix = 'subscribers.'
+    for arr in reversed(arrays):
+        for st in arr.status:
+            if st.name == f'{node}: processing':
+                return {kv.key[len(prefix):]: int(kv.value) for kv in st.values
+                        if kv.key.startswith(prefix)}
+    return None
+
+
+def subscribers_reported(arrays, keys, n: int = 1, node: str = f'/{NODE}') -> bool:
+    """True when the latest report of ``node`` in ``arrays`` has ``subscribers.<key> >= n``
+    for every key in ``keys`` (a key not reported: no publisher, not matched)."""
+    counts = reported_subscribers(arrays, node)
+    return counts is not None and all(counts.get(k, 0) >= n for k in keys)
 
 
 class LifecycleClient:

@@ -71,6 +71,13 @@ def slow_sequential(config=None, device='cpu', weights='', seed=0):
     return OracleMatcher(SEQ_R, SEQ_T, delay=0.3, device=device)
 
 
+def slow_build(config=None, device='cpu', weights='', seed=0):
+    """The stereo oracle after 3 s of "loading" (a large model, a torch.compile warm-up)."""
+    import time
+    time.sleep(3.0)
+    return stereo(config, device, weights, seed)
+
+
 def missing_weights(config=None, device='cpu', weights='', seed=0):
     raise FileNotFoundError('no checkpoint at /nonexistent/romav2.pt and no network')
 
@@ -247,10 +254,16 @@ class StereoTrajectory:
         p = (X - Cb) @ Rb
         return K[0, 0] * p[..., 0] / p[..., 2] + K[0, 2], K[1, 1] * p[..., 1] / p[..., 2] + K[1, 2]
 
-    def relative(self, k: int):
-        """True pose of left camera k in left camera k-1: p_{k-1} = R p_k + t."""
-        (R0, C0), (R1, C1) = self.poses[k - 1], self.poses[k]
+    def relative(self, k: int, j: int = None):
+        """True pose of left camera k in left camera j (default k-1): p_j = R p_k + t."""
+        (R0, C0), (R1, C1) = self.poses[k - 1 if j is None else j], self.poses[k]
         return R0.T @ R1, R0.T @ (C1 - C0)
+
+    def index(self, stamp, t0_sec: int = 200) -> int:
+        """The frame whose stamp is ``stamp``."""
+        ns = (stamp.sec - t0_sec) * 1_000_000_000 + stamp.nanosec
+        assert ns % self.PERIOD_NS == 0, stamp
+        return ns // self.PERIOD_NS
 
     def in_odom(self, k: int):
         """True pose of left camera k in the odometry frame (left camera 0)."""

@@ -47,10 +47,10 @@ def stamp(k: int) -> Time:
 
 
 def wait_connected(t: Tester, pubs, keys):
+    """Our input publishers matched the node's subscriptions, and the node's output
+    publishers ``keys`` matched ours (it publishes only to listeners)."""
     t.spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs), 60, 'the node')
-    t.spin_until(lambda: all(t.node.count_publishers(f'/romav2_node/{k}') > 0 for k in keys),
-                 30, 'the node outputs')
-    t.spin_for(1.0)  # let the node see our subscriptions too (it publishes only to listeners)
+    t.wait_node_subscribers(keys)
 
 
 def subscribe_outputs(t: Tester, keys):

@@ -81,11 +81,8 @@ def test_odometry_and_tf_between_processes_and_replay_agrees(tester, tmp_path, t
         tester.record_diagnostics()
         tester.spin_until(lambda: all(p.get_subscription_count() > 0 for p in pubs), 60,
                           'the node')
-        tester.spin_until(lambda: tester.node.count_publishers('/romav2_node/odometry') > 0,
-                          30, 'the odometry publisher')
-        tester.spin_until(lambda: tester.node.count_subscribers('/tf') > 0, 30,
-                          'the tf listener')
-        tester.spin_for(1.0)
+        # the node's odometry publisher matched us, its /tf broadcaster the listener
+        tester.wait_node_subscribers(['odometry', 'tf'])
         for k in range(FRAMES):
             for pub, msg in zip(pubs, scene.inputs(k)):
                 pub.publish(msg)
