@@ -108,9 +108,10 @@ def build_parser(bag_paths: bool = True) -> argparse.ArgumentParser:
     parser.add_argument('--storage', choices=tuple(bag_io.STORAGE_PLUGINS), default='mcap')
     parser.add_argument('--limit', type=int, metavar='N', help='stop after N processed pairs')
     parser.add_argument('--trajectory', type=Path, metavar='PATH',
-                        help='stereo_odometry: write the odometry as a TUM trajectory file '
-                             '(timestamp tx ty tz qx qy qz qw) at PATH and a top-view plot '
-                             'at PATH with the suffix .png')
+                        help='stereo_odometry: write the odometry of the tracked frames (not '
+                             'the poses held while tracking was lost) as a TUM trajectory '
+                             'file (timestamp tx ty tz qx qy qz qw) at PATH and a top-view '
+                             'plot at PATH with the suffix .png')
     parser.add_argument('--batch', type=int, default=1, metavar='N',
                         help=f'sets run through the model at once (1-{MAX_BATCH}; stereo: '
                              f'independent pairs, sequential: consecutive frames, each '
@@ -417,7 +418,7 @@ class _Run:
                 for key, msg in out.messages.items():
                     self.writer.write(f'/{self.args.node_name}/{key}', msg, log_ns)
             odometry = out.messages.get('odometry')
-            if odometry is not None:
+            if odometry is not None and out.odometry_state == 'OK':   # an estimate, not held
                 pose = odometry.pose.pose
                 self.trajectory.append((messages.stamp_ns(odometry.header.stamp) * 1e-9,
                                         [pose.position.x, pose.position.y, pose.position.z],

@@ -46,6 +46,8 @@ name          frames  what
 ============  ======  =====================================================================
 drive_200m    1001    200 m at 0.2 m a frame: straights and turns of radius 8-12 m (left
                       and right, 90-180 deg)
+drive_200m_   4002    the same path at 0.05 m a frame (1.5 m/s at 30 Hz)
+slow
 stop_and_go    241    12 m with a turn, 120 frames standing still, 12 m turning back
 covered_lens   121    24 m through an S-bend; frames 59-61 covered (no match at all)
 acceptance    1121    drive_200m with a 120-frame stop after 74 m and frames 1000-1002
@@ -369,6 +371,8 @@ def _acceptance() -> VoScene:
 
 SCENES = {
     'drive_200m': lambda: VoScene('drive_200m', drive(DRIVE_200M)),
+    # the same path at 5 cm a frame: a robot at 1.5 m/s seen at 30 Hz
+    'drive_200m_slow': lambda: VoScene('drive_200m_slow', drive(DRIVE_200M, step_m=0.05)),
     'stop_and_go': lambda: VoScene('stop_and_go', drive(OUT_AND_BACK[0] + [('stop', 120)] +
                                                         OUT_AND_BACK[1])),
     'covered_lens': lambda: VoScene('covered_lens', drive(OUT_AND_BACK[0] + OUT_AND_BACK[1]),

@@ -89,14 +89,16 @@ def test_standing_still_neither_drifts_nor_makes_keyframes(stop_and_go):
 
 @pytest.fixture(scope='module')
 def drive():
-    scene, keyframed = run('drive_200m')
-    _, chained = run('drive_200m', **FRAME_TO_FRAME)
+    scene, keyframed = run('drive_200m_slow', wanted={'odometry', 'relative_pose_info'})
+    _, chained = run('drive_200m_slow', **FRAME_TO_FRAME)
     return scene, keyframed, chained
 
 
 def test_a_200m_path_scores_better_than_the_frame_to_frame_chain(drive, tmp_path):
-    """evo on the TUM files: RPE per 100 m lower than the frame-to-frame chain's on the same
-    matches, and the chained error below 1 % of the path (the final position error and the
+    """200 m at 5 cm a frame (a robot at 1.5 m/s seen at 30 Hz; 4,000 frames): evo on the
+    odometry, RPE per 100 m lower than the frame-to-frame chain's on the same scene and
+    noise model (the chain adds every frame's estimation noise, the keyframes one per
+    keyframe), and the chained error below 1 % of the path (the final position error and the
     APE's RMSE)."""
     scene, keyframed, chained = drive
     truth = scene.write_truth(tmp_path / 'truth.txt')
@@ -117,7 +119,7 @@ def test_a_200m_path_scores_better_than_the_frame_to_frame_chain(drive, tmp_path
     assert scores['keyframes_final_m'] < 0.01 * path and kf.ape_rmse_m < 0.01 * path
     # keyframes are made while moving, and far fewer than frames
     made = sum(r.messages['relative_pose_info'].new_keyframe for r in keyframed[1:])
-    assert 20 < made < scene.frames / 3
+    assert 100 < made < scene.frames / 5
 
 
 def test_unmatchable_frames_hold_the_odometry_and_tracking_recovers_on_the_keyframe():
