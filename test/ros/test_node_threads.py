@@ -106,3 +106,22 @@ def test_a_configure_failing_in_any_way_leaves_the_node_unconfigured_without_thr
         node.close()
         node.destroy_node()
     assert stage_threads() == []
+
+
+def test_max_stamp_jump_changed_at_runtime_reaches_the_synchroniser(context):
+    """The synchroniser's jump-back limit follows the runtime parameter (before: it kept its
+    startup value while the pipeline took the new one)."""
+    from romav2_ros.node import RoMaV2Node
+    node = RoMaV2Node(context=context, parameter_overrides=[
+        Parameter('model_source', value='oracle_matchers:stereo'),
+        Parameter('warmup', value=False)])
+    try:
+        node.start()
+        assert node._sync.max_stamp_jump == pytest.approx(5.0)
+        result = node.set_parameters([Parameter('max_stamp_jump', value=0.5)])[0]
+        assert result.successful
+        assert node._sync.max_stamp_jump == pytest.approx(0.5)
+        assert node.pipeline.config.max_stamp_jump == 0.5
+    finally:
+        node.close()
+        node.destroy_node()

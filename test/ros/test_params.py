@@ -95,3 +95,35 @@ def test_the_readme_parameter_table_is_the_declared_one():
     readme = (Path(__file__).resolve().parents[2] / 'README.md').read_text()
     assert param_table.table() in readme
     assert param_table.table(params.LIFECYCLE_PARAMS) in readme
+
+
+def test_the_node_model_is_a_probability_in_every_setting():
+    """The mega1500 family's threshold (overlap above 0.05 forced to 1 in the official
+    match(), a benchmark sampling quirk) is not applied: ~/certainty is the model's
+    probability; and a random model at that config returns sigmoid values below 1."""
+    import torch
+    from romav2_core.model import RoMaV2
+    cfg = params.model_config({**DEFAULTS, 'setting': 'mega1500', 'device': 'cpu',
+                               'H_lr': 64, 'W_lr': 64, 'H_hr': -1, 'W_hr': -1})
+    assert cfg.threshold is None
+    model = RoMaV2.from_random(seed=0, **{k: v for k, v in vars(cfg).items()
+                                          if k != 'setting'}, setting='mega1500')
+    model.threshold = cfg.threshold
+    img = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    overlap = model.match(img, img)['overlap_AB']
+    assert 0 < float(overlap.min()) and float(overlap.max()) < 1 and \
+        float((overlap > 0.05).float().mean()) > 0.5
+
+
+def test_cross_parameter_rules_are_checked_against_the_current_values():
+    """min_disparity must stay below max_disparity, tracking_min_overlap not above
+    keyframe_overlap: a runtime change that breaks the rule is refused with the reason."""
+    ok = params.validate([Parameter('min_disparity', value=10.0)], DEFAULTS)
+    assert ok.successful
+    bad = params.validate([Parameter('min_disparity', value=300.0)], DEFAULTS)
+    assert not bad.successful and 'max_disparity' in bad.reason
+    bad = params.validate([Parameter('tracking_min_overlap', value=0.9)], DEFAULTS)
+    assert not bad.successful and 'keyframe_overlap' in bad.reason
+    both = params.validate([Parameter('min_disparity', value=300.0),
+                            Parameter('max_disparity', value=400.0)], DEFAULTS)
+    assert both.successful

@@ -207,3 +207,22 @@ def test_bad_stereo_input_raises_with_code(breakage, code):
     assert err.value.code == code
     # the pipeline keeps working
     assert 'warp' in pipe.process(om.stereo_inputs(Time(sec=2)), ALL).messages
+
+
+class _MostlyUncertain(om.OracleMatcher):
+    """The stereo oracle with certainty 0 on nine cells in ten (inside B, so valid at a
+    threshold of 0)."""
+
+    def certainty(self, u, v, a, b):
+        return np.where((np.round(u).astype(int) // 4) % 10 == 0, 0.9, 0.0)
+
+
+def test_certainty_threshold_zero_never_draws_a_zero_certainty_match():
+    """certainty_threshold:=0 is accepted; the sampler draws only matches of positive
+    certainty (before: numpy's choice raised "Fewer non-zero entries in p than size")."""
+    pipe = MatchingPipeline(_MostlyUncertain(om.STEREO_R, om.STEREO_T),
+                            PipelineConfig(certainty_threshold=0.0, num_samples=500))
+    res = pipe.process(om.stereo_inputs(Time(sec=2)), {'matches', 'relative_pose'})
+    m = res.messages['matches']
+    assert 0 < len(m.certainty) <= 500 and (np.asarray(m.certainty) > 0.5).all()
+    assert 'relative_pose' in res.messages
