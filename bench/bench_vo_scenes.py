@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402  (puts test/ on sys.path)
+from vo_eval import pose_matrix  # noqa: E402
 
 import vo_eval  # noqa: E402
 import vo_scenes as vs  # noqa: E402
@@ -35,15 +36,6 @@ from romav2_ros.pipeline import MatchingPipeline, PipelineConfig  # noqa: E402
 WANTED = {'odometry', 'relative_pose', 'depth', 'matches', 'tf'}
 VARIANTS = {'320x240_grid60x80': (vs.StereoCamera(320, 240, 250.0, 0.1), (60, 80)),
             '640x480_grid120x160': (vs.StereoCamera(640, 480, 500.0, 0.1), (120, 160))}
-
-
-def pose_matrix(pose) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-    q, p = pose.orientation, pose.position
-    T = np.eye(4)
-    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-    T[:3, 3] = [p.x, p.y, p.z]
-    return T
 
 
 def run(camera, grid, frames: int) -> dict:

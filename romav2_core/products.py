@@ -128,7 +128,7 @@ def metric_usable(stereo_grid: PairGrid, temporal: PairGrid, stereo: RectifiedSt
     disparity of at least ``min_disparity`` px and a positive x-variance (NaN: unknown) --
     decided in the model's normalised units, without converting the grid (the conversions
     are affine and increasing). The pose drops the rare infinite variance itself."""
-    wo, w_b = stereo_grid.grid_hw[1], stereo_grid.hw_b[1]
+    w_b = stereo_grid.hw_b[1]
     x_a = stereo_grid.points_a[0, :, 0]                               # [W_o] px of A
     # d = x_a - x_b - cx_offset >= m  <=>  x_b <= x_a - cx_offset - m, in normalised x
     bound = (x_a - stereo.cx_offset - min_disparity + 0.5) * (2 / w_b) - 1

@@ -35,7 +35,7 @@ continuous, and its covariance never shrinks across a gap it could not measure).
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np

@@ -289,16 +289,14 @@ def _draw(cfg, host: HostProducts, samples: Optional[Samples], a: Frame, b: Fram
 
 
 # ------------------------------------------------------------------ the modes
-class StereoMode(Mode):
-    """left -> right of one rectified rig; each pair stands alone (no stamp order)."""
+class PairMode(Mode):
+    """A mode that matches one pair a set (its ``role``): the dense outputs, the sampled
+    matches and the two-view pose of that pair, and a stereo rig's outputs when it has one."""
 
-    def prepare(self, cfg, msgs, wanted, res) -> SetPlan:
-        a, b = decode_stereo(cfg, msgs)
-        rig = stereo_rig(cfg, a, b, res, bool(wanted & STEREO_OUTPUTS))
-        return SetPlan((a, b), {'stereo': (a, b)}, rig=rig)
+    role = ''
 
     def products(self, cfg, plan, wanted, generator) -> dict:
-        grid, (a, _) = plan.grids['stereo'], plan.frames
+        grid, (a, _) = plan.grids[self.role], plan.frames
         out = dense_products(grid, wanted)
         if plan.rig is not None:
             out['health'] = health(grid)
@@ -310,8 +308,8 @@ class StereoMode(Mode):
     def finish(self, cfg, plan, host, wanted, res) -> None:
         a, b = plan.frames
         dense_messages(host, a, wanted, res)
-        res.health = host.health
         if plan.rig is not None:
+            res.health = host.health
             stereo_messages(cfg, plan.rig, host, a, wanted, res)
         samples = host.samples
         matches_message(samples, a, b, wanted, res)
@@ -323,9 +321,22 @@ class StereoMode(Mode):
         viz(cfg, host, samples, a, b, wanted, res)
 
 
-class SequentialMode(Mode):
+class StereoMode(PairMode):
+    """left -> right of one rectified rig; each pair stands alone (no stamp order)."""
+
+    role = 'stereo'
+
+    def prepare(self, cfg, msgs, wanted, res) -> SetPlan:
+        a, b = decode_stereo(cfg, msgs)
+        rig = stereo_rig(cfg, a, b, res, bool(wanted & STEREO_OUTPUTS))
+        return SetPlan((a, b), {'stereo': (a, b)}, rig=rig)
+
+
+class SequentialMode(PairMode):
     """frame t -> frame t-1 of one camera; each frame is encoded once (its features serve the
     next pair)."""
+
+    role = 'temporal'
 
     def __init__(self, mounts=None):
         super().__init__(mounts)
@@ -349,22 +360,6 @@ class SequentialMode(Mode):
         if prev is None or restarted:
             return SetPlan((a,), {}, keep=(a,))
         return SetPlan((a, prev), {'temporal': (a, prev)})
-
-    def products(self, cfg, plan, wanted, generator) -> dict:
-        grid = plan.grids['temporal']
-        out = dense_products(grid, wanted)
-        if wanted & SAMPLE_OUTPUTS:
-            out.update(sample_matches(grid, cfg.num_samples, generator))
-        return out
-
-    def finish(self, cfg, plan, host, wanted, res) -> None:
-        a, b = plan.frames
-        dense_messages(host, a, wanted, res)
-        samples = host.samples
-        matches_message(samples, a, b, wanted, res)
-        if wanted & POSE_OUTPUTS and samples is not None:
-            two_view_pose(cfg, samples, a, b, wanted, res)
-        viz(cfg, host, samples, a, b, wanted, res)
 
 
 class StereoOdometryMode(Mode):

@@ -47,6 +47,16 @@ class VoScore:
         return 100 * self.rpe_rmse_m / self.rpe_delta_m
 
 
+def pose_matrix(pose) -> np.ndarray:
+    """A ``geometry_msgs/Pose`` as a 4x4 matrix (scipy's quaternion convention: x y z w)."""
+    from scipy.spatial.transform import Rotation
+    q, p = pose.orientation, pose.position
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
+    T[:3, 3] = [p.x, p.y, p.z]
+    return T
+
+
 def trajectory(source) -> PoseTrajectory3D:
     """A TUM file (path), ``(stamps_s [N], poses [N x 4 x 4])`` or a PoseTrajectory3D."""
     if isinstance(source, PoseTrajectory3D):

@@ -75,7 +75,8 @@ def test_grid_cells_are_cell_centres_and_their_warps():
     g = pair_grid()
     pa, pb = g.points_a.numpy().reshape(-1, 2), g.points_b_px().numpy().reshape(-1, 2)
     assert pa.shape == (HO * WO, 2) and g.grid_hw == (HO, WO)
-    # cell (i, j) = index i * WO + j; its centre in A px: x (j + 0.5) * 4 - 0.5, y (i + 0.5) * 3 - 0.5
+    # cell (i, j) = index i * WO + j; its centre in A px:
+    # x (j + 0.5) * 4 - 0.5, y (i + 0.5) * 3 - 0.5
     k = 37 * WO + 101
     assert pa[k] == pytest.approx([(101 + 0.5) * 4 - 0.5, (37 + 0.5) * 3 - 0.5])
     xb, yb = affine(pa[:, 0].astype(np.float64), pa[:, 1].astype(np.float64))

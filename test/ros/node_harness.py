@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -266,3 +267,26 @@ class LifecycleClient:
         request = ChangeState.Request()
         request.transition.id = transition
         return self._call('change_state', request).success
+
+
+#: A TF listener process (a robot's other nodes): ``python -c TF_LISTENER OUT SECONDS``
+#: writes every /tf transform it receives as a JSON line to OUT.
+TF_LISTENER = textwrap.dedent('''
+    import json, sys, time, rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from tf2_msgs.msg import TFMessage
+    rclpy.init()
+    node = rclpy.create_node('tf_listener')
+    out = open(sys.argv[1], 'w')
+    def got(msg):
+        for t in msg.transforms:
+            tr = t.transform.translation
+            out.write(json.dumps([t.header.frame_id, t.child_frame_id, t.header.stamp.sec,
+                                  t.header.stamp.nanosec, tr.x, tr.y, tr.z]) + '\\n')
+            out.flush()
+    node.create_subscription(TFMessage, '/tf', got,
+                             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+    deadline = time.monotonic() + float(sys.argv[2])
+    while time.monotonic() < deadline:
+        rclpy.spin_once(node, timeout_sec=0.1)
+''')

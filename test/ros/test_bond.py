@@ -64,13 +64,6 @@ def bond_env(tmp_path_factory):
     return env
 
 
-@pytest.fixture
-def tester():
-    t = Tester()
-    yield t
-    t.close()
-
-
 class Sister:
     """bond_sister.py (the manager's end) as a process: commands in, events out, strictly in
     the expected order (an unexpected event, e.g. a break, fails the test where it shows)."""

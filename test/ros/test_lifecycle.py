@@ -17,13 +17,6 @@ TOPICS = {'stereo': ('left/image_rect', 'left/camera_info', 'right/image_rect',
 EXE = 'romav2_lifecycle_node'
 
 
-@pytest.fixture
-def tester():
-    t = Tester()
-    yield t
-    t.close()
-
-
 class Feed:
     """Publishes the mode's inputs, one set per call, and counts the node's outputs."""
 

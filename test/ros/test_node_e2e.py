@@ -35,13 +35,6 @@ THRESHOLD = 0.05
 BASE_PARAMS = {'viz_rate': 0.0, 'output_qos_depth': 10, 'certainty_threshold': THRESHOLD}
 
 
-@pytest.fixture
-def tester():
-    t = Tester()
-    yield t
-    t.close()
-
-
 def stamp(k: int) -> Time:
     return Time(sec=100 + k // 10, nanosec=(k % 10) * 100_000_000)
 

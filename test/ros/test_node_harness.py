@@ -7,7 +7,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.context import Context
 from sensor_msgs.msg import Image
 
-from node_harness import Tester, reported_subscribers, subscribers_reported
+from node_harness import reported_subscribers, subscribers_reported
 
 pytestmark = [pytest.mark.ros, pytest.mark.usefixtures('ros_env_guard')]
 
@@ -32,13 +32,6 @@ def test_the_latest_report_of_the_named_node_decides():
     stream.append(report('/left_cam/romav2_node', warp=3))        # another camera's node
     assert reported_subscribers(stream) == {'warp': 0, 'tf': 1}
     assert subscribers_reported(stream, ['warp'], n=3, node='/left_cam/romav2_node')
-
-
-@pytest.fixture
-def tester():
-    t = Tester()
-    yield t
-    t.close()
 
 
 @pytest.fixture

@@ -3,11 +3,9 @@ covariances, left stamps and the documented frames; TF on /tf (tf2_msgs/TFMessag
 replay of the same input giving the same odometry as the live node.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -15,54 +13,13 @@ from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CameraInfo, Image
 
 import oracle_matchers as om
-import tf2_msgs_build
-from node_harness import NodeProcess, Tester, node_env, with_env
+from node_harness import TF_LISTENER, NodeProcess, node_env, with_env
 from romav2_ros import bag_io, replay
 from romav2_ros.messages import stamp_ns
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.usefixtures('ros_env_guard')]
 FRAMES = 6
 TOPICS = ('/left/image_rect', '/left/camera_info', '/right/image_rect', '/right/camera_info')
-LISTENER = textwrap.dedent('''
-    import json, sys, time, rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from tf2_msgs.msg import TFMessage
-    rclpy.init()
-    node = rclpy.create_node('tf_listener')
-    out = open(sys.argv[1], 'w')
-    def got(msg):
-        for t in msg.transforms:
-            tr = t.transform.translation
-            out.write(json.dumps([t.header.frame_id, t.child_frame_id, t.header.stamp.sec,
-                                  t.header.stamp.nanosec, tr.x, tr.y, tr.z]) + '\\n')
-            out.flush()
-    node.create_subscription(TFMessage, '/tf', got,
-                             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-    deadline = time.monotonic() + float(sys.argv[2])
-    while time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.1)
-''')
-
-
-@pytest.fixture(scope='module')
-def tf2_env(tmp_path_factory):
-    env = tf2_msgs_build.build(tmp_path_factory.mktemp('tf2_msgs'))
-    if env:   # our build: it must be the real message, to the hash
-        from rosbags.typesys import Stores, get_typestore
-        built = json.loads(open(os.path.join(env['TF2_MSGS_SHARE'], 'msg',
-                                             'TFMessage.json')).read())
-        assert built['type_hashes'][0]['hash_string'] == \
-            get_typestore(Stores.ROS2_JAZZY).hash_rihs01('tf2_msgs/msg/TFMessage')
-    return env
-
-
-@pytest.fixture
-def tester():
-    t = Tester()
-    yield t
-    t.close()
-
-
 def vec(p):
     return np.array([p.x, p.y, p.z])
 
@@ -72,7 +29,7 @@ def test_odometry_and_tf_between_processes_and_replay_agrees(tester, tmp_path, t
     node = NodeProcess({'mode': 'stereo_odometry', 'model_source': 'oracle_matchers:stereo_odometry',
                         'publish_tf': True, 'input_qos': 'reliable', 'output_qos_depth': 20,
                         'viz_rate': 0.0}, tmp_path / 'node.log', env=tf2_env)
-    listener = subprocess.Popen([sys.executable, '-c', LISTENER, str(tmp_path / 'tf.jsonl'),
+    listener = subprocess.Popen([sys.executable, '-c', TF_LISTENER, str(tmp_path / 'tf.jsonl'),
                                  '60'], env=with_env(node_env(), tf2_env))
     try:
         qos = tester.reliable(10)

@@ -16,10 +16,9 @@ import pytest
 from scipy.spatial.transform import Rotation
 from sensor_msgs.msg import CameraInfo, Image
 
-import tf2_msgs_build
 import vo_eval
 import vo_scenes
-from node_harness import ROOT, NodeProcess, Tester, node_env, with_env
+from node_harness import ROOT, TF_LISTENER, NodeProcess, Tester, node_env, with_env
 from romav2_ros import bag_io, replay
 from romav2_ros.messages import output_type, stamp_ns
 from romav2_ros.pipeline import mode_outputs
@@ -28,26 +27,7 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.usefixtures('ros_en
 FRAMES = range(50, 66)
 COVERED = {59, 60, 61}
 TOPICS = ('/left/image_rect', '/left/camera_info', '/right/image_rect', '/right/camera_info')
-#: a TF listener (a robot's other nodes) and a static publisher (robot_state_publisher)
-LISTENER = textwrap.dedent('''
-    import json, sys, time, rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from tf2_msgs.msg import TFMessage
-    rclpy.init()
-    node = rclpy.create_node('tf_listener')
-    out = open(sys.argv[1], 'w')
-    def got(msg):
-        for t in msg.transforms:
-            tr = t.transform.translation
-            out.write(json.dumps([t.header.frame_id, t.child_frame_id, t.header.stamp.sec,
-                                  t.header.stamp.nanosec, tr.x, tr.y, tr.z]) + '\\n')
-            out.flush()
-    node.create_subscription(TFMessage, '/tf', got,
-                             QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
-    deadline = time.monotonic() + float(sys.argv[2])
-    while time.monotonic() < deadline:
-        rclpy.spin_once(node, timeout_sec=0.1)
-''')
+#: a static publisher (a robot's robot_state_publisher)
 STATIC = textwrap.dedent('''
     import json, sys, time, rclpy
     from geometry_msgs.msg import TransformStamped
@@ -74,11 +54,6 @@ STATIC = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope='module')
-def tf2_env(tmp_path_factory):
-    return tf2_msgs_build.build(tmp_path_factory.mktemp('tf2_msgs'))
-
-
 def static_transforms(scene) -> list:
     """base_link -> camera_link -> left_optical: the mount in two hops, as a URDF has it."""
     link = [0.2, 0.0, 0.6, 0.0, 0.0, 0.0, 1.0]                 # camera_link in base_link
@@ -90,20 +65,12 @@ def static_transforms(scene) -> list:
             ('camera_link', 'left_optical', [*rest[:3, 3], *q])]
 
 
-def matrix(pose) -> np.ndarray:
-    p, q = pose.position, pose.orientation
-    M = np.eye(4)
-    M[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-    M[:3, 3] = [p.x, p.y, p.z]
-    return M
-
-
 def test_stereo_odometry_with_its_defaults_a_mount_from_tf_static_and_tf(tmp_path, tf2_env):
     scene = vo_scenes.scene('covered_lens')
     env = with_env(node_env(), tf2_env)
     static = subprocess.Popen([sys.executable, '-c', STATIC,
                                json.dumps(static_transforms(scene)), '120'], env=env)
-    listener = subprocess.Popen([sys.executable, '-c', LISTENER, str(tmp_path / 'tf.jsonl'),
+    listener = subprocess.Popen([sys.executable, '-c', TF_LISTENER, str(tmp_path / 'tf.jsonl'),
                                  '120'], env=env)
     node = NodeProcess({'model_source': 'vo_scenes:covered_lens', 'base_frame': 'base_link',
                         'publish_tf': True, 'max_stamp_jump': 5.0},
@@ -138,7 +105,7 @@ def test_stereo_odometry_with_its_defaults_a_mount_from_tf_static_and_tf(tmp_pat
         truth = np.linalg.inv(scene.body[FRAMES[0]]) @ scene.body      # base in odom
         for k, m in zip(FRAMES[1:], odometry):
             if k not in COVERED:
-                np.testing.assert_allclose(matrix(m.pose.pose)[:3, 3], truth[k][:3, 3],
+                np.testing.assert_allclose(vo_eval.pose_matrix(m.pose.pose)[:3, 3], truth[k][:3, 3],
                                            atol=0.02)
         for key in outputs:          # every output came out, the pictures at viz_rate
             assert got[key], f'no {key}'

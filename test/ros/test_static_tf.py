@@ -17,7 +17,6 @@ import pytest
 from geometry_msgs.msg import TransformStamped
 from scipy.spatial.transform import Rotation as Rot
 
-import tf2_msgs_build
 from node_harness import node_env, with_env
 from romav2_ros.static_tf import (StaticTfListener, StaticTransformTree, mount_from_parameter)
 
@@ -177,11 +176,6 @@ READER = textwrap.dedent('''
                       't': None if found is None else found[1].tolist()}))
     rclpy.shutdown()
 ''')
-
-
-@pytest.fixture(scope='module')
-def tf2_env(tmp_path_factory):
-    return tf2_msgs_build.build(tmp_path_factory.mktemp('tf2_msgs'))
 
 
 @pytest.mark.ros

@@ -31,19 +31,10 @@ def run(name, frames=None, seed=0, wanted=WANTED, **config):
                    for k in (range(scene.frames) if frames is None else frames)]
 
 
-def matrix(odo) -> np.ndarray:
-    """The pose of a nav_msgs/Odometry as a 4x4 matrix."""
-    p, q = odo.pose.pose.position, odo.pose.pose.orientation
-    M = np.eye(4)
-    M[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
-    M[:3, 3] = [p.x, p.y, p.z]
-    return M
-
-
 def poses(results) -> dict:
     """Frame index -> 4x4 pose of each published ~/odometry."""
-    return {k: matrix(r.messages['odometry']) for k, r in enumerate(results)
-            if 'odometry' in r.messages}
+    return {k: vo_eval.pose_matrix(r.messages['odometry'].pose.pose)
+            for k, r in enumerate(results) if 'odometry' in r.messages}
 
 
 def trajectory(results, scene):
@@ -78,8 +69,8 @@ def test_standing_still_neither_drifts_nor_makes_keyframes(stop_and_go):
     _, f2f = run('stop_and_go', **FRAME_TO_FRAME)
     at_f2f = poses(f2f)
     f2f_moved = np.linalg.norm(at_f2f[last][:3, 3] - at_f2f[first][:3, 3])
-    print(f'over the stop: {moved * 1e3:.2f} mm, {turned:.4f} deg; error {err[first + 10] * 1e3:.1f}'
-          f' -> {err[last] * 1e3:.1f} mm; keyframes made {len(keyframes)}; the frame-to-frame '
+    print(f'over the stop: {moved * 1e3:.2f} mm, {turned:.4f} deg; error '
+          f'{err[first + 10] * 1e3:.1f} -> {err[last] * 1e3:.1f} mm; keyframes made {len(keyframes)}; the frame-to-frame '
           f'chain moved {f2f_moved * 1e3:.2f} mm')
     assert moved < 0.005 and turned < 0.05
     assert err[last] <= 1.5 * err[first + 10]

@@ -1,0 +1,30 @@
+"""Fixtures of the rclpy tests: a tester node (``node_harness.Tester``) and tf2_msgs for the
+processes that need it (built once a session where the ROS install that has it is missing)."""
+import json
+import os
+
+import pytest
+
+import tf2_msgs_build
+from node_harness import Tester
+
+
+@pytest.fixture
+def tester():
+    t = Tester()
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope='session')
+def tf2_env(tmp_path_factory):
+    """The path entries a process needs to import tf2_msgs (empty on a ROS install); our build
+    must be the real message, to the hash rosbags' Jazzy typestore knows."""
+    env = tf2_msgs_build.build(tmp_path_factory.mktemp('tf2_msgs'))
+    if env:
+        from rosbags.typesys import Stores, get_typestore
+        with open(os.path.join(env['TF2_MSGS_SHARE'], 'msg', 'TFMessage.json')) as f:
+            built = json.load(f)
+        assert built['type_hashes'][0]['hash_string'] == \
+            get_typestore(Stores.ROS2_JAZZY).hash_rihs01('tf2_msgs/msg/TFMessage')
+    return env
