@@ -601,6 +601,16 @@ def summary(case: dict, peak: bool) -> str:
             + ('-' if latency is None else f'{latency:.0f} ms'))
 
 
+def code_revision(label: str | None) -> str:
+    """What code the node ran: ``label`` when given (an exported tree has no git metadata),
+    else ``git describe --always --dirty`` of this tree."""
+    if label:
+        return label
+    done = subprocess.run(['git', 'describe', '--always', '--dirty'], cwd=common.ROOT,
+                          capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else 'unknown (no git metadata)'
+
+
 def model_description(args) -> dict:
     from romav2_core.config import RoMaV2Config
     import yaml
@@ -639,6 +649,9 @@ def main() -> None:
                         'temporary folder; a given one is reused)')
     p.add_argument('--timeout', type=float, default=300.0,
                    help='seconds to wait for the node to start, a step to drain')
+    p.add_argument('--code', default=None,
+                   help='what code the node runs, for the JSON (default: git describe of '
+                        'this tree)')
     p.add_argument('--smoke', action='store_true',
                    help='CI: 2 Hz (peak: 2 and 4 Hz), 1 s warm-up, 2 s; stand-in at turbo, '
                         'the real model at 64x96')
@@ -663,7 +676,8 @@ def main() -> None:
             cases += run_node(args, params_file, params, group, rates, Path(tmp))
     result = {'benchmark': 'node_rate',
               'command': ' '.join(['bench/bench_rate.py', *sys.argv[1:]]),
-              'machine': common.machine(), 'model': model_description(args),
+              'machine': common.machine(), 'code': code_revision(args.code),
+              'model': model_description(args),
               'image_size_wh': [640, 480],
               'input': 'left/right rgb8 Image + CameraInfo, one wall-clock stamp per set, '
                        'sensor-data QoS (best effort), messages built once',

@@ -1,12 +1,12 @@
 """Markdown tables of benchmark JSON files (bench_model / bench_stream / bench_node /
-bench_compile / bench_presets / bench_replay / bench_pose / bench_rate output).
+bench_compile / bench_presets / bench_replay / bench_pose / bench_rate / bench_pipeline output).
 
 The performance tables in the docs are generated from the saved JSON, never typed by hand:
 
     .venv/bin/python bench/results_table.py docs/bench-results/2026-11-28-xeon/*.json
 
 Prints one table per benchmark kind (model forward, stream, node overhead, compile, presets,
-replay batching) with both sides, the ratio ours / official, the machine and the command,
+replay batching, node rate, own time per set, pose) with both sides, the ratio ours / official, the machine and the command,
 sorted by machine, setting, batch and direction; files of other kinds are listed as skipped.
 Memory is the peak the benchmark recorded: the process's peak resident set on a CPU, the CUDA
 allocator's peak on a GPU.
@@ -124,7 +124,8 @@ def _rate_rows(r: dict) -> list[list[str]]:
                          f"{100 * failed[0]['not_delivered_share']:.0f} % lost)")
         lat = step['latency_ms']
         stages = ', '.join(f'{k} {v:.0f}' for k, v in step['node_stage_ms'].items() if v >= 0.5)
-        out.append([f"`{c['case']}`, {model}", f"{step['input_rate_hz']:g} Hz",
+        code = f", code {r['code']}" if 'code' in r else ''
+        out.append([f"`{c['case']}`, {model}{code}", f"{step['input_rate_hz']:g} Hz",
                     f"{step['delivered_per_s']:.1f} sets/s "
                     f"({100 * step['share_of_min_input_model']:.0f} % of min(input, model))",
                     f"{step['drops_before_model']} / {step['drops_after_model']} of "
@@ -153,6 +154,26 @@ def _pose_rows(r: dict) -> list[list[str]]:
             for c in r['cases']]
 
 
+def _own_time_rows(r: dict) -> list[list[str]]:
+    """One row per case of a bench_pipeline run: this tree's wall time per set (its stages)
+    against the other revision's."""
+    sides = dict(r['sides'])
+    ours = sides.pop('current')
+    (rev, base), = sides.items() or [(None, None)]
+    out = []
+    for case, c in ours.items():
+        if not isinstance(c, dict):
+            continue
+        stages = ', '.join(f'{k} {v:.1f}' for k, v in c['stage_ms'].items() if v >= 0.05)
+        theirs = base.get(case) if base else None
+        out.append([f"`{case}` ({', '.join(c['outputs'])}), `{r['setting']}` grid",
+                    f"{c['wall_ms']:.1f} ms ({stages})",
+                    '-' if theirs is None else f"{theirs['wall_ms']:.1f} ms ({rev})",
+                    '-' if theirs is None else f"x{theirs['wall_ms'] / c['wall_ms']:.1f}",
+                    _machine(r), f"`{r['command']}`"])
+    return out
+
+
 KINDS = {
     'model_forward': ('Model forward', ['case', 'ours', 'official 2.0.1',
                                         'throughput / memory ours:official', 'machine',
@@ -175,6 +196,9 @@ KINDS = {
                   ['case', 'input', 'delivered', 'dropped before / after the model',
                    'latency median / p95', "node's time per set by stage", 'peak rate (< 5 % lost)',
                    'machine', 'command'], _rate_rows),
+    'pipeline_own_time': ("The node's own time per set (`bench_pipeline.py`: stand-in at 0 ms, "
+                          "no DDS)", ['case', 'this tree', 'before', 'speed-up', 'machine',
+                                      'command'], _own_time_rows),
     'pose': ('Pose estimators (time median / p90, median errors, mean NEES)',
              ['estimator', 'case', 'baseline revision', 'this tree', 'speed-up', 'machine',
               'command'], _pose_rows),

@@ -26,14 +26,17 @@ sets are dropped there and nowhere else). Two stage threads then run
 :class:`~romav2_ros.pipeline.MatchingPipeline`: the **model stage** (thread ``romav2_model``)
 builds and warms up the matcher, then for each set decodes, matches and starts its products on
 the device; it hands the set to the **host stage** (``romav2_host``) through a queue of
-:data:`HANDOFF_DEPTH` sets, waiting while that is full (a set whose model work is done is
-always delivered). The host stage poses, builds and publishes the messages, in arrival order.
-So the model runs on set n+1 while set n is posed and published. Outputs are computed only for
-topics with subscribers and ``publish_<key>`` true; each set is processed with one snapshot of
-the runtime parameters. Each configuration has its own stage threads and queues (:class:`Stages`),
-which a cleanup stops and joins. The executor is multi-threaded and the lifecycle services
-have their own callback group, so parameter and lifecycle services answer while the model is
-being built.
+:data:`HANDOFF_DEPTH` sets, and takes its next set only when that queue has room (so a set
+whose model work is done is always delivered, and while the host stage is the slower one the
+model works on the freshest set). The host stage poses, builds and publishes the messages, in
+arrival order. So the model runs on set n+1 while set n is posed and published. Outputs are
+computed only for topics with subscribers and ``publish_<key>`` true; each set is processed
+with one snapshot of the runtime parameters. Each configuration has its own stage threads and
+queues (:class:`Stages`), which a cleanup stops and joins. The executor
+(:class:`~romav2_ros.executor.InputFirstExecutor`) runs the input callbacks on its spinning
+thread and everything else on a pool of :data:`EXECUTOR_THREADS` threads; the lifecycle
+services have their own callback group, so parameter and lifecycle services answer while the
+model is being built.
 
 Faults never end a stage thread: CUDA out-of-memory drops that set (counted as ``oom``; the
 failed set's tensors are let go, then the CUDA cache is emptied) and any other exception is
@@ -59,7 +62,7 @@ import rclpy
 import rclpy.exceptions
 import torch
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNodeMixin, TransitionCallbackReturn
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -67,6 +70,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from romav2_ros import matchers, messages, params, static_tf
 from romav2_ros.bond import ManagedNodeBond
 from romav2_ros.diagnostics import Diagnostics
+from romav2_ros.executor import InlineCallbackGroup, InputFirstExecutor
 from romav2_ros.pipeline import TF, VIZ_OUTPUTS, Inferred, InputError, MatchingPipeline, \
     mode_outputs
 from romav2_ros import sync as synchronizers
@@ -79,7 +83,8 @@ LOG_REPEAT_S = 30.0
 HANDOFF_DEPTH = 1
 #: Seconds a cleanup waits for the stage threads (a model call on a CPU can take that long).
 JOIN_TIMEOUT_S = 60.0
-#: Executor threads: subscriptions, parameter and lifecycle services, the 1 Hz diagnostics.
+#: Executor pool threads: parameter and lifecycle services, timers (the 1 Hz diagnostics); the
+#: input callbacks run on the spinning thread (romav2_ros.executor).
 EXECUTOR_THREADS = 3
 _STEREO_TOPICS = ('left/image_rect', 'left/camera_info', 'right/image_rect',
                   'right/camera_info')
@@ -161,6 +166,8 @@ class Stages:
             self.ready.set()
         generation = self.core._generation
         while not self.stop.is_set():
+            if not self._room_for_next(timeout=0.1):
+                continue
             item = self.inputs.get(timeout=0.1)
             if generation != self.core._generation or self.reset_requested.is_set():
                 generation = self.core._generation   # re-activated, or a fault: start afresh
@@ -179,6 +186,16 @@ class Stages:
             except queue.Empty:
                 continue
             self.core._host_step(self, item)
+
+    def _room_for_next(self, timeout: float) -> bool:
+        """Wait until the host stage's queue has room. While the host stage is the slower
+        one, the model stage takes its next set only then: the freshest set (the latest-only
+        input queue keeps replacing it meanwhile), not one that would wait for the host behind
+        a finished set (a host period less latency, the same rate)."""
+        handoff = self.handoff
+        with handoff.not_full:
+            return handoff.not_full.wait_for(lambda: len(handoff.queue) < handoff.maxsize,
+                                             timeout)
 
     def hand_over(self, item) -> bool:
         """Queue a set for the host stage, waiting while the queue is full; False when the
@@ -231,6 +248,7 @@ class MatchingNodeCore:
         self._tf_pub = None
         self._subs = []
         self._sync = None
+        self._input_group = InlineCallbackGroup()   # enqueue only: run on the spinning thread
         self._stages: Stages | None = None
         self._mounts = None           # stereo_odometry with base_frame: static_tf
         self._active = False
@@ -356,11 +374,12 @@ class MatchingNodeCore:
         qos = params.qos_profile(self.values['input_qos'], self.values['input_qos_depth'])
         for topic, name in zip(topics, self._input_names(topics)):
             if topic.endswith('camera_info'):
-                sub = Subscriber(self, CameraInfo, topic, qos_profile=qos)
+                sub = Subscriber(self, CameraInfo, topic, qos_profile=qos,
+                                 callback_group=self._input_group)
             else:
                 sub = Subscriber(self, CompressedImage if compressed else Image,
                                  topic + '/compressed' if compressed else topic,
-                                 qos_profile=qos)
+                                 qos_profile=qos, callback_group=self._input_group)
                 sub.registerCallback(lambda _msg: self.diagnostics.count('received'))
             sub.registerCallback(lambda _msg, name=name: self.diagnostics.seen(name))
             self._subs.append(sub)
@@ -636,7 +655,7 @@ def _run(make_node, start) -> int:
     failure = []
     try:
         node = make_node()
-        executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+        executor = InputFirstExecutor(num_threads=EXECUTOR_THREADS)
         executor.add_node(node)
 
         def start_once():

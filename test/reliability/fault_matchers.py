@@ -65,6 +65,11 @@ def slow_shift(config=None, device='cpu', weights='', seed=0):
     return ShiftMatcher(delay=0.3)
 
 
+def timed_shift(config=None, device='cpu', weights='', seed=0):
+    """A 0.1 s model (sleeping, the GIL free, as in a CUDA wait)."""
+    return ShiftMatcher(delay=0.1)
+
+
 def slow_build(config=None, device='cpu', weights='', seed=0):
     """Takes 4 s to build (a large model loading): the node must advertise nothing before."""
     time.sleep(4.0)

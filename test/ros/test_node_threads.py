@@ -9,10 +9,10 @@ import rclpy
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.srv import GetParameters
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
+from romav2_ros.executor import InputFirstExecutor
 from romav2_ros.node import EXECUTOR_THREADS, RoMaV2LifecycleNode
 
 pytestmark = [pytest.mark.ros, pytest.mark.usefixtures('ros_env_guard')]
@@ -49,7 +49,7 @@ def test_lifecycle_and_parameter_services_answer_while_configure_builds_the_mode
     answered (before: the executor's one thread was inside on_configure)."""
     node = lifecycle_node(context, 'oracle_matchers:slow_build')
     client = rclpy.create_node('romav2_threads_client', context=context)
-    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS, context=context)
+    executor = InputFirstExecutor(num_threads=EXECUTOR_THREADS, context=context)
     executor.add_node(node)
     executor.add_node(client)
     spinner = threading.Thread(target=executor.spin, daemon=True)
