@@ -206,3 +206,23 @@ def test_bench_presets_smoke():
                          check=True).stdout
     assert f"| `turbo` | 64x64 | none | 640x480, one direction, {r['precision_resolved']} | " \
            f"{row['seconds_per_pair']:.2f} s" in out
+
+
+def test_bench_pipeline_smoke():
+    """The node's own time per set, this tree only, on the `turbo` grid: every case, its stages
+    and outputs, and the table generator prints each case with its time."""
+    r = run('bench/bench_pipeline.py', '--setting', 'turbo', '--sets', '2', '--warmup', '1',
+            '--rev', 'none')
+    assert r['benchmark'] == 'pipeline_own_time' and set(r['sides']) == {'current'}
+    side = r['sides']['current']
+    assert side['grid'] == [320, 320] and side['torch_threads'] == 1
+    cases = {k: v for k, v in side.items() if isinstance(v, dict)}
+    assert set(cases) == {'relative_pose', 'depth_points2', 'odometry', 'all_but_pictures',
+                          'sequential_pose'}
+    assert cases['depth_points2']['outputs'] == ['depth', 'points2']
+    assert {'products', 'pose'} <= set(cases['odometry']['stage_ms'])
+    out = subprocess.run([sys.executable, str(ROOT / 'bench/results_table.py'), '/dev/stdin'],
+                         input=json.dumps(r), capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    for case, c in cases.items():
+        assert f"| `{case}` (" in out and f"{c['wall_ms']:.1f} ms (" in out
