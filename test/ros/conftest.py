@@ -1,4 +1,4 @@
-"""Fixtures of the rclpy tests: a tester node (``node_harness.Tester``) and tf2_msgs for the
+"""Fixtures of the rclpy tests: a private rclpy context, a tester node (``node_harness.Tester``) and tf2_msgs for the
 processes that need it (built once a session where the ROS install that has it is missing)."""
 import json
 import os
@@ -7,6 +7,16 @@ import pytest
 
 import tf2_msgs_build
 from node_harness import Tester
+
+
+@pytest.fixture
+def context():
+    """An rclpy context of its own (its own DDS participant), shut down after the test."""
+    import rclpy
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    yield ctx
+    rclpy.try_shutdown(context=ctx)
 
 
 @pytest.fixture

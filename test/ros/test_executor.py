@@ -19,14 +19,6 @@ pytestmark = [pytest.mark.ros, pytest.mark.usefixtures('ros_env_guard')]
 MESSAGES = 20
 
 
-@pytest.fixture
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
-
-
 def test_inline_callbacks_run_on_the_spinning_thread_while_a_pool_callback_blocks(context):
     """A timer callback in an ordinary group blocks a pool thread for 3 s; meanwhile every
     message of an inline-group subscription is delivered, each on the thread that spins (a

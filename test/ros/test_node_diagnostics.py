@@ -16,15 +16,6 @@ from romav2_ros.pipeline import mode_outputs
 pytestmark = [pytest.mark.ros, pytest.mark.usefixtures('ros_env_guard')]
 
 
-@pytest.fixture
-def context():
-    """A context of its own (its own DDS participant), shut down after the test."""
-    ctx = Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
-
-
 def started_node(context, namespace=None) -> RoMaV2Node:
     """The plain node, configured and active, matching with the oracle (cheap) matcher."""
     node = RoMaV2Node(context=context, namespace=namespace, parameter_overrides=[

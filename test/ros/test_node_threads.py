@@ -18,14 +18,6 @@ from romav2_ros.node import EXECUTOR_THREADS, RoMaV2LifecycleNode
 pytestmark = [pytest.mark.ros, pytest.mark.usefixtures('ros_env_guard')]
 
 
-@pytest.fixture
-def context():
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    yield ctx
-    rclpy.try_shutdown(context=ctx)
-
-
 def lifecycle_node(context, model_source):
     return RoMaV2LifecycleNode(context=context, parameter_overrides=[
         Parameter('model_source', value=model_source), Parameter('warmup', value=False)])
