@@ -164,6 +164,9 @@ def test_bench_rate_smoke(ros_env_guard):
     assert out.returncode == 0, out.stderr[-4000:]
     r = json.loads(out.stdout)
     assert r['benchmark'] == 'node_rate' and r['model']['model_ms'] == 32.0
+    head = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip()
+    assert r['code'].startswith(head[:7]) if head else r['code'].startswith('unknown')
     assert r['model']['output_grid_hw'] == [320, 320]          # --smoke: turbo
     cases = {c['case']: c for c in r['cases']}
     assert set(cases) == {'all_outputs', 'odometry_tf'}
@@ -198,5 +201,6 @@ def test_bench_rate_smoke(ros_env_guard):
                            check=True).stdout
     for case in cases.values():
         step = next(s for s in case['steps'] if s['input_rate_hz'] == case['peak_rate_hz'])
-        assert f"| `{case['case']}`, stand-in 32 ms, `turbo` | {step['input_rate_hz']:g} Hz | " \
+        assert f"| `{case['case']}`, stand-in 32 ms, `turbo`, code {r['code']} | " \
+               f"{step['input_rate_hz']:g} Hz | " \
                f"{step['delivered_per_s']:.1f} sets/s" in table
