@@ -694,7 +694,11 @@ def _run(make_node, start) -> int:
         # created: a requested shutdown, not a failure.
     finally:
         if node is not None:
-            log.info('shutting down')
+            # After SIGINT/SIGTERM the context is shut down already: the node's own logger
+            # (and its children, which share its rosout) would add rcl's "Failed to publish
+            # log message to rosout" after the line; a logger of its own has no rosout.
+            exit_log = log if rclpy.ok() else rclpy.logging.get_logger(NODE_NAME + '.exit')
+            exit_log.info('shutting down')
             node.close()
             node.destroy_node()
         rclpy.try_shutdown()

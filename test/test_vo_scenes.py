@@ -49,8 +49,8 @@ def drive():
 
 def test_scene_table(drive):
     frames = {name: vs.scene(name).frames for name in vs.SCENES}
-    assert frames == {'drive_200m': 1001, 'stop_and_go': 241, 'covered_lens': 121,
-                      'acceptance': 1121}
+    assert frames == {'drive_200m': 1001, 'drive_200m_slow': 4002, 'stop_and_go': 241,
+                      'covered_lens': 121, 'acceptance': 1121}
     truth = vo_eval.trajectory((drive.stamp_s(np.arange(drive.frames)), drive.truth_base_odom()))
     assert truth.path_length == pytest.approx(200, abs=0.5)   # turns: whole frames of arc
     yaw = np.degrees(np.unwrap(np.arctan2(drive.body[:, 1, 0], drive.body[:, 0, 0])))

@@ -387,17 +387,13 @@ def scene(name: str) -> VoScene:
     return SCENES[name]()
 
 
-def drive_200m(config=None, device='cpu', weights='', seed=0):
-    return VoOracle(scene('drive_200m'), seed=seed, device=device)
+def _factory(name: str):
+    """The matcher factory ``vo_scenes:<name>`` (``model_source``) of scene ``name``."""
+    def factory(config=None, device='cpu', weights='', seed=0):
+        return VoOracle(scene(name), seed=seed, device=device)
+    factory.__name__ = factory.__qualname__ = name
+    return factory
 
 
-def stop_and_go(config=None, device='cpu', weights='', seed=0):
-    return VoOracle(scene('stop_and_go'), seed=seed, device=device)
-
-
-def covered_lens(config=None, device='cpu', weights='', seed=0):
-    return VoOracle(scene('covered_lens'), seed=seed, device=device)
-
-
-def acceptance(config=None, device='cpu', weights='', seed=0):
-    return VoOracle(scene('acceptance'), seed=seed, device=device)
+# one module-level factory per scene, as matchers.create looks them up
+globals().update({name: _factory(name) for name in SCENES})
