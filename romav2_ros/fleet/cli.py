@@ -31,6 +31,7 @@ import re
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,10 @@ from romav2_ros.fleet import chunks, inputs, manifest, report
 from romav2_ros.fleet.worker import PARTIAL_DIR, BagWorker, Job, JobResult
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+#: Set by SIGINT/SIGTERM (:func:`_on_interrupt`). Ray runs parts of its calls with SIGINT
+#: deferred and can lose the KeyboardInterrupt raised at their end (seen once: a SIGINT mid-run,
+#: then every bag finished and the exit status was 0), so the driver's loop checks this too.
+INTERRUPT_REQUESTED = threading.Event()
 LOCK_FILE = '.romav2-batch.lock'
 #: Worker deaths one actor survives (Ray restarts it; each restart rebuilds the model).
 MAX_RESTARTS_PER_WORKER = 5
@@ -316,6 +321,8 @@ class FleetRun:
         pending, merges = collections.deque(jobs), collections.deque()
         try:
             while (pending or merges or pool.inflight) and not self.fatal:
+                if INTERRUPT_REQUESTED.is_set():
+                    raise KeyboardInterrupt
                 while pool.idle and (merges or pending):
                     merging = bool(merges)
                     job = (merges or pending).popleft()
@@ -576,18 +583,26 @@ def run_fleet(args) -> int:
         return status
 
 
+def _on_interrupt(signum, frame) -> None:
+    INTERRUPT_REQUESTED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``romav2-batch``)."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    args = parse_args(argv)
+    INTERRUPT_REQUESTED.clear()
+    previous = {sig: signal.signal(sig, _on_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return run_fleet(args)
+        return run_fleet(parse_args(argv))
     except FleetError as exc:
         print(f'romav2-batch: error: {exc}', file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print('romav2-batch: interrupted', file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == '__main__':

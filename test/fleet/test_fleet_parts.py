@@ -290,3 +290,45 @@ def test_node_and_replay_never_import_ray():
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                           timeout=120)
     assert proc.stdout.strip() == 'False', proc.stderr
+
+
+def test_an_interrupt_that_ray_loses_still_ends_the_run(tmp_path, monkeypatch):
+    """A SIGINT whose KeyboardInterrupt is swallowed inside a Ray call (here: inside the pool's
+    wait) still interrupts the driver's loop at its next turn (before: the run went on and
+    ended with exit status 0)."""
+    import signal
+    import types
+
+    class LossyPool:
+        """One job in flight that never finishes; its wait receives the interrupt and loses
+        it, as a Ray call with SIGINT deferred can."""
+
+        def __init__(self, ray, args, jobs):
+            self.info = {'workers': 1, 'gpus_per_worker': 0.0, 'address': 'local'}
+            self.idle, self.starting = [], {}
+            self.inflight = {'ref': (0, None, False)}
+            self.waits = 0
+
+        def ready(self):
+            self.waits += 1
+            if self.waits == 2:
+                try:
+                    cli._on_interrupt(signal.SIGINT, None)
+                except KeyboardInterrupt:
+                    pass                        # lost inside the call
+            if self.waits > 20:
+                self.inflight.clear()           # the loop would have ended without it
+            return []
+
+        def live_frames(self):
+            return {}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(cli, '_Pool', LossyPool)
+    cli.INTERRUPT_REQUESTED.clear()
+    run = cli.FleetRun(cli.parse_args([str(tmp_path), '--out', str(tmp_path / 'out')]))
+    with pytest.raises(KeyboardInterrupt):
+        run.execute(types.SimpleNamespace(__version__='(none)'), jobs=[], book=None)
+    cli.INTERRUPT_REQUESTED.clear()
