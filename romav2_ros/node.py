@@ -49,10 +49,12 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import faulthandler
 import gc
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -650,6 +652,8 @@ def _run(make_node, start) -> int:
     """Create the node, spin, and ``start(node)`` from the executor (so that its services
     answer meanwhile), until SIGINT/SIGTERM; the exit status."""
     log = rclpy.logging.get_logger(NODE_NAME)
+    # `kill -USR1 <pid>`: every thread's Python stack to stderr (a node that seems stuck)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     node = None
     status = 0
     failure = []

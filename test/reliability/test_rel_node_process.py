@@ -319,3 +319,19 @@ def test_nothing_is_advertised_before_the_model_is_ready(tester, tmp_path):
     finally:
         rc = node.stop()
     assert rc == 0, node.output()
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_node_goes_on(tester, tmp_path):
+    """`kill -USR1` on a node that seems stuck: the Python stacks of all its threads (the two
+    stage threads among them) in its log; it keeps running and still stops cleanly."""
+    node = NodeProcess({'model_source': 'fault_matchers:shift'}, tmp_path / 'node.log')
+    try:
+        tester.spin_until(lambda: 'ready:' in node.output(), 60, 'the node ready')
+        node.proc.send_signal(signal.SIGUSR1)
+        tester.spin_until(lambda: '_host_stage' in node.output(), 10, 'the stacks in the log')
+        log = node.output()
+        assert 'Current thread' in log and '_model_stage' in log
+        assert node.proc.poll() is None
+    finally:
+        rc = node.stop()
+    assert rc == 0, node.output()

@@ -96,6 +96,9 @@ class NodeProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # the node's threads' stacks into its log (faulthandler), then kill it
+                self.proc.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
                 self.proc.kill()
                 self.proc.wait()
         self._out.close()
