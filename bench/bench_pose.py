@@ -12,6 +12,11 @@ the same size and their variances. Every case (inlier ratio x noise) draws ``--c
 each set goes through both sides in turn (the order alternating), so that they see the same
 machine load.
 
+A third side, ``predicted``, is this tree given a prediction of the pose (``prior``: the
+true motion off by :data:`PREDICTION_ERROR`, about what a constant-velocity model gives a
+tracking odometry, or a stereo rig's calibration its pose): its time where the prediction
+replaces RANSAC (``prediction_share``: the calls where it did).
+
 The other side is the code of ``--baseline-rev`` (default: the last revision before these
 estimators were reworked), read with ``git show`` into a temporary module at run time. With
 poselib installed, its own estimators (LO-RANSAC + refinement, no covariance) are timed on
@@ -137,14 +142,26 @@ def load_baseline(rev: str) -> dict:
     return out
 
 
-def essential_call(fn: Callable, threshold_px: float) -> Callable:
+#: How far the ``predicted`` side's prediction is from the true motion: a rotation of 0.2 deg
+#: about a fixed axis, and the translation off by 2 % of its length sideways.
+PREDICTION_ERROR = (cv2.Rodrigues(np.radians(0.2) * np.array([0.6, 0.8, 0.0]))[0], 0.02)
+
+
+def prediction(s: dict) -> tuple:
+    R_err, share = PREDICTION_ERROR
+    return R_err @ s['R'], s['t'] + share * np.linalg.norm(s['t']) * np.array([1.0, 0.0, 0.0])
+
+
+def essential_call(fn: Callable, threshold_px: float, predicted: bool = False) -> Callable:
+    extra = (lambda s: {'prior': prediction(s)}) if predicted else (lambda s: {})
     return lambda s: fn(s['pa'], s['pb'], K, K, cov_b=s['cov'],
-                        ransac_threshold_px=threshold_px)
+                        ransac_threshold_px=threshold_px, **extra(s))
 
 
-def metric_call(fn: Callable, threshold_px: float) -> Callable:
+def metric_call(fn: Callable, threshold_px: float, predicted: bool = False) -> Callable:
+    extra = (lambda s: {'prior': prediction(s)}) if predicted else (lambda s: {})
     return lambda s: fn(s['pa'], s['d'], s['var_d'], s['pb'], s['cov'], K, K, s['fT'],
-                        threshold_px)
+                        threshold_px, **extra(s))
 
 
 def poselib_calls(threshold_px: float) -> Optional[dict]:
@@ -185,6 +202,8 @@ def summarise(rows: list[dict], with_nees: bool = True) -> dict:
         'outlier_acceptance': float(np.mean([r['accepted'] for r in ok])) if ok else None}
     if with_nees:
         out['nees_mean'] = float(np.mean([r['nees'] for r in ok])) if ok else None
+    if any('predicted' in r for r in ok):
+        out['prediction_share'] = float(np.mean([r['predicted'] for r in ok]))
     return out
 
 
@@ -211,6 +230,8 @@ def run_case(estimator: str, sides: dict, sets: list[dict]) -> dict:
                 else:
                     inliers = est.inliers
                     row.update(errors(est, s))
+                    if name == 'predicted':
+                        row['predicted'] = est.seeded_by == 'prediction'
                 row.update(recall=float(inliers[~s['outlier']].mean()),
                            accepted=float(inliers[s['outlier']].mean())
                            if s['outlier'].any() else 0.0)
@@ -239,8 +260,12 @@ def main() -> None:
     reference = None if args.no_poselib else poselib_calls(args.threshold_px)
     sides = {
         'essential': {'ours': essential_call(estimate_relative_pose, args.threshold_px),
+                      'predicted': essential_call(estimate_relative_pose, args.threshold_px,
+                                                  predicted=True),
                       'baseline': essential_call(baseline['pose'], args.threshold_px)},
         'metric': {'ours': metric_call(estimate_metric_pose, args.threshold_px),
+                   'predicted': metric_call(estimate_metric_pose, args.threshold_px,
+                                            predicted=True),
                    'baseline': metric_call(baseline['odometry'], args.threshold_px)}}
     if reference is not None:
         for estimator in sides:
@@ -269,10 +294,12 @@ def main() -> None:
               else ('skipped' if args.no_poselib else 'installed'),
               'translation_error_units': {'essential': 'deg (direction)',
                                           'metric': '% of the motion'},
+              'prediction_error': {'rotation_deg': 0.2, 'translation_share': 0.02},
               'cases': cases}
     common.report(result, 'pose: ' + ', '.join(
         f"{c['estimator']} {c['inlier_ratio']:.2f}/{c['noise_px']:g}px "
-        f"{c['baseline']['time_ms']['median']:.1f} -> {c['ours']['time_ms']['median']:.1f} ms"
+        f"{c['baseline']['time_ms']['median']:.1f} -> {c['ours']['time_ms']['median']:.1f} ms "
+        f"(predicted {c['predicted']['time_ms']['median']:.1f})"
         for c in cases))
 
 

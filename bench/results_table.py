@@ -146,10 +146,21 @@ def _pose_rows(r: dict) -> list[list[str]]:
                 f"rot {s['rotation_error_deg']['median']:.3f}°, "
                 f"t {s['translation_error']['median']:.2f} {units[estimator]}, "
                 f"recall {s['inlier_recall']:.2f}, NEES {s['nees_mean']:.1f}")
+    def ours(c: dict) -> str:
+        text = side(c['ours'], c['estimator'])
+        if 'predicted' in c:              # runs since the prediction side was added
+            p = c['predicted']
+            text += (f"; given a prediction {p['time_ms']['median']:.1f} / "
+                     f"{p['time_ms']['p90']:.1f} ms (it replaced RANSAC in "
+                     f"{100 * p['prediction_share']:.0f} %), rot "
+                     f"{p['rotation_error_deg']['median']:.3f}°, t "
+                     f"{p['translation_error']['median']:.2f} {units[c['estimator']]}, "
+                     f"NEES {p['nees_mean']:.1f}")
+        return text
     return [[names[c['estimator']],
              f"{r['matches']} matches, {100 * c['inlier_ratio']:.0f} % inliers, "
              f"{c['noise_px']:g} px, threshold {r['threshold_px']:g} px",
-             side(c['baseline'], c['estimator']), side(c['ours'], c['estimator']),
+             side(c['baseline'], c['estimator']), ours(c),
              f"x{c['speedup_median']:.1f}", _machine(r), f"`{r['command']}`"]
             for c in r['cases']]
 

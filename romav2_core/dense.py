@@ -82,6 +82,12 @@ class PairGrid:
         """``[H_o x W_o]`` bool: certainty >= threshold and the match inside B."""
         return (self.overlap[..., 0] >= self.threshold) & inside_normalized(self.warp)
 
+    def valid_at(self, index: Tensor) -> Tensor:
+        """``[n]`` bool: :attr:`valid` of the cells at flat ``index`` ``[n]``, computed for
+        those cells only."""
+        return (self.overlap.reshape(-1)[index] >= self.threshold) & \
+            inside_normalized(self.warp.reshape(-1, 2)[index])
+
     def cells(self, index: Tensor) -> Tensor:
         """``[n x 6]`` float32 of the cells at flat ``index`` ``[n]``: :data:`CELL_COLUMNS`."""
         ho, wo = self.grid_hw

@@ -6,7 +6,8 @@ are REP 103, row-major over ``(x, y, z, rot X, rot Y, rot Z)`` with rotations ab
 axes of the frame the pose is expressed in: ``R = Exp(d_theta) R_hat``, ``t = t_hat + d_t``.
 
 :func:`estimate_metric_pose`: A's points in 3D from its stereo depth, their matches in B in 2D;
-robust PnP (OpenCV USAC, P3P samples), then Gauss-Newton over the pose *and* every point's
+robust PnP (OpenCV USAC, P3P samples) -- or, when a predicted pose (:class:`MotionModel`)
+explains most matches, that prediction -- then Gauss-Newton over the pose *and* every point's
 inverse depth on the reprojection error whitened by each match's predicted covariance plus the
 disparity error whitened by its stereo match's x-variance (the depth uncertainty, in the
 space where it is Gaussian): first robustly (Cauchy) on the matches near the RANSAC model to
@@ -27,15 +28,16 @@ import cv2
 import numpy as np
 
 from romav2_core.pose import (GN_COARSE_DECREMENT_TOL, GN_DECREMENT_TOL, MIN_EIGENVALUE,
-                              RANSAC_CONFIDENCE, RANSAC_MAX_ITERS, PoseEstimate, cauchy_scale,
-                              irls_sqrt_weights, robust_cost)
+                              PRIOR_MIN_SHARE, RANSAC_CONFIDENCE, RANSAC_MAX_ITERS,
+                              SELECTION_BAND, PoseEstimate, cauchy_scale, irls_sqrt_weights,
+                              robust_cost)
 
 #: Fewest 3D-2D matches accepted (P3P plus a margin for RANSAC).
 MIN_POINTS = 12
-#: The fit that re-selects the inliers uses the matches within this many inlier thresholds of
-#: the RANSAC model (robustly): the noisy depths spread the inliers' reprojection errors, and a
-#: fit on only those within the threshold would stay biased toward the model that chose them.
-SELECTION_BAND = 3.0
+# The fit that re-selects the inliers uses the matches within pose.SELECTION_BAND inlier
+# thresholds of the initial model (robustly): the noisy depths spread the inliers'
+# reprojection errors, and a fit on only those within the threshold would stay biased toward
+# the model that chose them.
 
 
 def _skew(v: np.ndarray) -> np.ndarray:
@@ -205,7 +207,8 @@ def _ransac_pnp(X, points_b, K_b, threshold_px, confidence, max_iters):
 def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b, K_a, K_b,
                          fT: float, ransac_threshold_px: float = 2.0,
                          confidence: float = RANSAC_CONFIDENCE,
-                         max_iters: int = RANSAC_MAX_ITERS) -> Optional[PoseEstimate]:
+                         max_iters: int = RANSAC_MAX_ITERS,
+                         prior: Optional[tuple] = None) -> Optional[PoseEstimate]:
     """Metric pose of camera A in camera B from A's stereo disparities and matches A -> B.
 
     ``points_a`` ``[N x 2]``: OpenCV px of A (the left image of a rectified pair), with their
@@ -235,25 +238,35 @@ def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b
     K_b = np.asarray(K_b, np.float64).reshape(3, 3)
     rho0 = d / fT
     X, rays = backproject(points_a, rho0, K_a)
-    found = _ransac_pnp(X, points_b, K_b, ransac_threshold_px, confidence, max_iters)
-    if found is None or found[2].sum() < MIN_POINTS:
-        return None
-    R, t, inliers = found
     W, sigma_d = _whitening(cov), np.sqrt(var_d)
+
+    def reprojection_px(R, t, rho):
+        px, _ = _projection((rays / rho[:, None]) @ R.T + t, K_b)
+        return np.linalg.norm(px - points_b, axis=1)
+
+    seeded_by, near = 'ransac', None
+    if prior is not None:
+        R, t = (np.asarray(a, np.float64) for a in prior)
+        near = reprojection_px(R, t, rho0) < SELECTION_BAND * ransac_threshold_px
+        if near.sum() >= max(MIN_POINTS, PRIOR_MIN_SHARE * n):
+            seeded_by, inliers = 'prediction', near
+        else:
+            near = None
+    if near is None:
+        found = _ransac_pnp(X, points_b, K_b, ransac_threshold_px, confidence, max_iters)
+        if found is None or found[2].sum() < MIN_POINTS:
+            return None
+        R, t, inliers = found
+        near = reprojection_px(R, t, rho0) < SELECTION_BAND * ransac_threshold_px
 
     def fit(mask, R, t, tol=GN_DECREMENT_TOL, robust=False):
         problem = _StereoPnP(rays[mask], points_b[mask], tuple(w[mask] for w in W), d[mask],
                              sigma_d[mask], fT, K_b)
         return problem.refine(R, t, rho0[mask], tol, robust)
 
-    def reprojection_px(R, t, rho):
-        px, _ = _projection((rays / rho[:, None]) @ R.T + t, K_b)
-        return np.linalg.norm(px - points_b, axis=1)
-
-    # A robust fit on the matches near the RANSAC model (SELECTION_BAND) good enough to
+    # A robust fit on the matches near the initial model (SELECTION_BAND) good enough to
     # re-select the inliers, then the least-squares fit on those (the local-optimisation step
     # of LO-RANSAC).
-    near = reprojection_px(R, t, rho0) < SELECTION_BAND * ransac_threshold_px
     R, t, _, _, _ = fit(near, R, t, GN_COARSE_DECREMENT_TOL, robust=True)
     reselected = reprojection_px(R, t, rho0) < ransac_threshold_px
     if reselected.sum() >= MIN_POINTS:
@@ -268,7 +281,34 @@ def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b
                         num_matches=n, num_inliers=m, mean_epipolar_error=float('nan'),
                         scale_observable=True,
                         mean_reprojection_error=float(reprojection_px(R, t, rho_all)[inliers]
-                                                      .mean()))
+                                                      .mean()),
+                        seeded_by=seeded_by)
+
+
+class MotionModel:
+    """Constant-velocity prediction of a frame's pose against its keyframe, in the
+    convention of :func:`estimate_metric_pose` (``p_keyframe = R p_frame + t``): from the last
+    two poses of frames against the same keyframe ``T_k`` (``T_{k-1}``), ``T_k T_{k-1}^-1
+    T_k``; from one, that pose; None before. It assumes an even frame rate: a dropped frame
+    is a larger step, which the band check of :func:`estimate_metric_pose` catches."""
+
+    def __init__(self):
+        self._poses: list[tuple] = []          # (keyframe id, 4x4 T), the last two
+
+    def reset(self) -> None:
+        self._poses = []
+
+    def add(self, keyframe_id, R, t) -> None:
+        T = np.eye(4)
+        T[:3, :3], T[:3, 3] = R, t
+        self._poses = [p for p in self._poses[-1:] if p[0] == keyframe_id] + [(keyframe_id, T)]
+
+    def predict(self, keyframe_id) -> Optional[tuple]:
+        same = [T for k, T in self._poses if k == keyframe_id]
+        if not same:
+            return None
+        T = same[-1] if len(same) == 1 else same[1] @ np.linalg.inv(same[0]) @ same[1]
+        return T[:3, :3], T[:3, 3]
 
 
 # ------------------------------------------------------------------ chaining

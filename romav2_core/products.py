@@ -21,7 +21,7 @@ the host in one copy and the host only wraps them:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch import Tensor
 
 from romav2_core import geometry
 from romav2_core.dense import PairGrid, interleaved
-from romav2_core.sampling import balanced_sample
+from romav2_core.sampling import UsableAt, balanced_sample
 from romav2_core.stereo import RectifiedStereo, vertical_disparity
 
 DENSE_KEYS = ('warp', 'certainty', 'covariance')
@@ -123,31 +123,40 @@ def _valid_first(cloud: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def metric_usable(stereo_grid: PairGrid, temporal: PairGrid, stereo: RectifiedStereo,
-                  min_disparity: float) -> Tensor:
-    """``[H_o x W_o]`` cells usable for a metric pose: valid in both pairs, a stereo
-    disparity of at least ``min_disparity`` px and a positive x-variance (NaN: unknown) --
-    decided in the model's normalised units, without converting the grid (the conversions
-    are affine and increasing). The pose drops the rare infinite variance itself."""
-    w_b = stereo_grid.hw_b[1]
+                  min_disparity: float) -> UsableAt:
+    """Which cells (flat indices ``[n]`` of the ``H_o x W_o`` grid -> ``[n]`` bool) are usable
+    for a metric pose: valid in both pairs, a stereo disparity of at least ``min_disparity``
+    px and a positive x-variance (NaN: unknown) -- decided in the model's normalised units,
+    without converting the grid (the conversions are affine and increasing), for the cells
+    asked about only. The pose drops the rare infinite variance itself."""
+    w_b, w_o = stereo_grid.hw_b[1], stereo_grid.grid_hw[1]
     x_a = stereo_grid.points_a[0, :, 0]                               # [W_o] px of A
     # d = x_a - x_b - cx_offset >= m  <=>  x_b <= x_a - cx_offset - m, in normalised x
     bound = (x_a - stereo.cx_offset - min_disparity + 0.5) * (2 / w_b) - 1
-    var_x = stereo_grid.covariance[..., 0, 0]
-    return stereo_grid.valid & temporal.valid & (stereo_grid.warp[..., 0] <= bound) & \
-        (var_x > 0)
+    x_b = stereo_grid.warp.reshape(-1, 2)[:, 0]
+    var_x = stereo_grid.covariance.reshape(-1, 4)[:, 0]
+
+    def usable_at(index: Tensor) -> Tensor:
+        return stereo_grid.valid_at(index) & temporal.valid_at(index) & \
+            (x_b[index] <= bound[index % w_o]) & (var_x[index] > 0)
+    return usable_at
 
 
 def sample_matches(grid: PairGrid, num: int, generator: torch.Generator,
-                   usable: Optional[Tensor] = None, stereo: Optional[tuple] = None
-                   ) -> dict[str, Tensor]:
-    """``num`` balanced matches among the ``usable`` cells (default: the valid ones):
+                   usable: Union[Tensor, UsableAt, None] = None,
+                   stereo: Optional[tuple] = None) -> dict[str, Tensor]:
+    """``num`` balanced matches among the ``usable`` cells (an ``[H_o x W_o]`` mask or a
+    ``sampling.UsableAt`` of flat indices; default: the valid ones):
     ``samples [n x C]`` (:data:`SAMPLE_COLUMNS`, or :data:`STEREO_SAMPLE_COLUMNS` with
     ``stereo = (stereo pair's PairGrid, RectifiedStereo)``: the disparity and its variance of
     the same cells) and ``drawn [n]`` (False: no match left to draw)."""
-    usable = grid.valid if usable is None else usable
+    if usable is None:
+        usable = grid.valid_at
+    elif isinstance(usable, Tensor):
+        usable = usable.reshape(-1).__getitem__
     points_a = grid.points_a.reshape(-1, 2)
-    idx, drawn = balanced_sample(points_a, grid.overlap.reshape(-1).float(), usable.reshape(-1),
-                                 num, grid.hw_a, generator)
+    idx, drawn = balanced_sample(points_a, grid.overlap.reshape(-1).float(), usable, num,
+                                 grid.hw_a, generator)
     columns = [points_a[idx], grid.cells(idx)]
     if stereo is not None:
         stereo_grid, rig = stereo

@@ -14,7 +14,7 @@ Deliberate differences from the official function:
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -102,23 +102,44 @@ BALANCE_CELLS = 32
 PREFILTER = 8
 
 
-def _weighted_without_replacement(weights: Tensor, k: int, generator: torch.Generator
+#: Flat cell indices ``[n]`` -> which of those cells may be drawn ``[n]`` bool.
+UsableAt = Callable[[Tensor], Tensor]
+#: Every this many-th cell estimates the usable share of the weight (see below).
+SHARE_STRIDE = 61
+
+
+def _weighted_without_replacement(weights: Tensor, k: int, generator: torch.Generator,
+                                  usable_at: Optional[UsableAt] = None
                                   ) -> tuple[Tensor, Tensor]:
     """``k`` indices drawn without replacement with probability proportional to ``weights``
-    ``[N]`` (Efraimidis-Spirakis: the ``k`` smallest of ``E_i / w_i``, ``E_i ~ Exp(1)``, the
-    same distribution as drawing one at a time), and which of them are real draws: where
-    fewer than ``k`` weights are positive the rest have infinite keys (False). Fixed shapes,
-    so nothing waits for the device."""
+    ``[N]`` among the cells that ``usable_at`` admits (all without it) (Efraimidis-Spirakis:
+    the ``k`` smallest of ``E_i / w_i``, ``E_i ~ Exp(1)``, the same distribution as drawing
+    one at a time), and which of them are real draws: where fewer than ``k`` usable weights
+    are positive the rest have infinite keys (False). Fixed shapes, so nothing waits for the
+    device."""
     n = weights.shape[0]
     if weights.device.type == 'cpu' and PREFILTER * k < n:
         # On a CPU a random number and a top-k over every cell cost more than everything
-        # else here: draw only the keys below a level tau that about 2 k of them pass, then
-        # take the k smallest of those -- the same k unless fewer than k passed.
-        found = _keys_below(weights, 2 * k / float(weights.sum()), generator)
-        if found is not None and found[0].shape[0] >= k:
+        # else here, and so does deciding which cells are usable: draw only the keys below
+        # a level tau that about 2 k usable cells pass (the usable share of the weight
+        # estimated on every SHARE_STRIDE-th cell), keep the usable ones among them, then
+        # take the k smallest -- the same k unless fewer than k passed.
+        total = float(weights.sum())
+        if usable_at is not None:
+            probe = torch.arange(0, n, SHARE_STRIDE, device=weights.device)
+            w = weights[probe]
+            total *= float(w[usable_at(probe)].sum()) / max(float(w.sum()), 1e-30)
+        found = _keys_below(weights, 2 * k / max(total, 1e-30), generator)
+        if found is not None:
             cand, keys = found
-            keys, pick = torch.topk(keys, k, largest=False, sorted=False)
-            return cand[pick], torch.isfinite(keys)
+            if usable_at is not None:
+                ok = usable_at(cand)
+                cand, keys = cand[ok], keys[ok]
+            if cand.shape[0] >= k:
+                keys, pick = torch.topk(keys, k, largest=False, sorted=False)
+                return cand[pick], torch.isfinite(keys)
+    if usable_at is not None:
+        weights = torch.where(usable_at(torch.arange(n, device=weights.device)), weights, 0.0)
     u = torch.rand(weights.shape, generator=generator, device=weights.device)
     keys = -torch.log1p(-u) / weights            # E / w; w = 0 -> inf (never drawn)
     keys, idx = torch.topk(keys, k, largest=False, sorted=False)
@@ -155,10 +176,11 @@ def _keys_below(weights: Tensor, tau: float, generator: torch.Generator):
     return cand, -torch.log1p(-r * q_i) / w
 
 
-def balanced_sample(points_a: Tensor, certainty: Tensor, usable: Tensor, num: int,
+def balanced_sample(points_a: Tensor, certainty: Tensor, usable_at: UsableAt, num: int,
                     hw_a: tuple[int, int], generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Indices of ``num`` of the ``[N]`` matches whose ``points_a`` ``[N x 2]`` (OpenCV px of
-    A) are ``usable`` ``[N]``: drawn without replacement with probability proportional to
+    A) are usable (``usable_at``, asked only about the cells that may be drawn: on a CPU a
+    few percent of them): drawn without replacement with probability proportional to
     ``certainty`` ``[N]``, ``EXPANSION * num`` candidates, then thinned to an even spread over
     A (inverse density on a ``BALANCE_CELLS`` square grid; the idea of the KDE balancing above
     at a fraction of its cost, for the node's per-pair sampling). All of them when at most
@@ -168,9 +190,9 @@ def balanced_sample(points_a: Tensor, certainty: Tensor, usable: Tensor, num: in
     real draws (False past the number of usable matches), without waiting for the device.
     """
     n_all = certainty.shape[0]
-    weights = torch.where(usable, certainty.clamp_min(0), 0.0)
-    cand, cand_drawn = _weighted_without_replacement(weights, min(EXPANSION * num, n_all),
-                                                     generator)
+    cand, cand_drawn = _weighted_without_replacement(certainty.clamp_min(0),
+                                                     min(EXPANSION * num, n_all), generator,
+                                                     usable_at)
     cells = BALANCE_CELLS
     pa = points_a[cand]
     cx = (pa[:, 0] / hw_a[1] * cells).long().clamp(0, cells - 1)

@@ -27,7 +27,7 @@ import numpy as np
 from romav2_core import visualization
 from romav2_core.base_frame import CameraMount, step_in_base
 from romav2_core.dense import PairGrid
-from romav2_core.odometry import estimate_metric_pose
+from romav2_core.odometry import MotionModel, estimate_metric_pose
 from romav2_core.pose import PoseEstimate, estimate_relative_pose
 from romav2_core.products import (PointCloudLayout, Samples, dense_maps, health, metric_usable,
                                   sample_matches, stereo_maps, tracking_shares)
@@ -242,9 +242,11 @@ def pose_messages(est: PoseEstimate, a: Frame, b: Frame, wanted: set, res, **inf
                                                                         b.header, **info)
 
 
-def two_view_pose(cfg, samples: Samples, a: Frame, b: Frame, wanted: set, res
-                  ) -> Optional[PoseEstimate]:
-    """Essential-matrix pose (direction of t only) between the named optical frames."""
+def two_view_pose(cfg, samples: Samples, a: Frame, b: Frame, wanted: set, res,
+                  prior: Optional[tuple] = None) -> Optional[PoseEstimate]:
+    """Essential-matrix pose (direction of t only) between the named optical frames;
+    ``prior``: a predicted ``(R, t)`` between the frames the estimate is made in (the
+    returned one's: the rectified frames when ``cfg.rectified``)."""
     proj_a, proj_b = projection(a, cfg.rectified), projection(b, cfg.rectified)
     if proj_a is None or proj_b is None:
         res.notes.append('uncalibrated: camera_info K is all zero, no relative pose')
@@ -253,12 +255,12 @@ def two_view_pose(cfg, samples: Samples, a: Frame, b: Frame, wanted: set, res
     with timed(res, 'pose'):
         est = estimate_relative_pose(samples.points_a, samples.points_b, K_a, K_b, D_a, D_b,
                                      model_a, model_b, cov_b=samples.cov_b,
-                                     ransac_threshold_px=cfg.ransac_threshold_px)
+                                     ransac_threshold_px=cfg.ransac_threshold_px, prior=prior)
     if est is None:
         res.notes.append(f'pose_failed: no essential matrix from {len(samples)} matches')
         return None
     pose_messages(est.in_camera_frames(R_a, R_b), a, b, wanted, res)
-    return est      # between the rectified frames (what the calibration check compares)
+    return est      # between the frames it was estimated in (rectified, when cfg.rectified)
 
 
 def viz(cfg, host: HostProducts, samples: Optional[Samples], a: Frame, b: Frame,
@@ -314,7 +316,9 @@ class PairMode(Mode):
         samples = host.samples
         matches_message(samples, a, b, wanted, res)
         if wanted & POSE_OUTPUTS and samples is not None:
-            est = two_view_pose(cfg, samples, a, b, wanted, res)
+            # a rectified rig's calibration predicts its pose (each pair stands alone)
+            prior = None if plan.rig is None else (np.eye(3), plan.rig.calibrated_translation)
+            est = two_view_pose(cfg, samples, a, b, wanted, res, prior)
             if est is not None and plan.rig is not None and res.health is not None:
                 res.health = dataclasses.replace(
                     res.health, baseline_angle_deg=baseline_angle_deg(est.t, plan.rig))
@@ -374,6 +378,7 @@ class StereoOdometryMode(Mode):
         self._stamps = StampCheck()
         self.selector = KeyframeSelector()
         self.odometry = KeyframeOdometry()
+        self.motion = MotionModel()             # rectified poses against keyframe ids
         self._mount: Optional[tuple] = None     # (camera frame, CameraMount) once known
         self._keyframe_reason = ''              # why the last keyframe was made
 
@@ -450,15 +455,19 @@ class StereoOdometryMode(Mode):
         est = None
         if track.tracked:
             with timed(res, 'pose'):
+                kf_id = track.reference.id
                 est = estimate_metric_pose(samples.points_a, samples.disparity,
                                            samples.var_disparity, samples.points_b,
                                            samples.cov_b, a.camera.rectified_K,
                                            kf.camera.rectified_K, plan.rig.fT,
-                                           cfg.ransac_threshold_px)
+                                           cfg.ransac_threshold_px,
+                                           prior=self.motion.predict(kf_id))
             if est is None:
+                self.motion.reset()
                 res.notes.append(f'pose_failed: no metric pose from {len(samples)} matches '
-                                 f'with stereo depth against keyframe {track.reference.id}')
+                                 f'with stereo depth against keyframe {kf_id}')
             else:
+                self.motion.add(kf_id, est.R, est.t)
                 est = est.in_camera_frames(a.camera.R, kf.camera.R)
         step = self.odometry.update(track, est, stamp_s, self.selector)
         self._report(step, est, track, a, kf, cfg, wanted, res)
@@ -480,7 +489,8 @@ class StereoOdometryMode(Mode):
         if est is not None:
             res.odometry_quality.update(
                 inlier_ratio=est.num_inliers / max(est.num_matches, 1),
-                mean_reprojection_error_px=est.mean_reprojection_error)
+                mean_reprojection_error_px=est.mean_reprojection_error,
+                seeded_by=est.seeded_by)
             pose_messages(est, a, b, wanted, res, tracking=step)
         elif b is not None and 'relative_pose_info' in wanted:
             res.messages['relative_pose_info'] = messages.no_relative_pose(a.header, b.header,

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2
 
-from romav2_core.odometry import (_StereoPnP, _whitening, backproject, compose,
+from romav2_core.odometry import (MotionModel, _StereoPnP, _whitening, backproject, compose,
                                   estimate_metric_pose, twist)
 
 K = np.array([[500.0, 0, 321.0], [0, 498.0, 239.0], [0, 0, 1]])
@@ -235,3 +235,46 @@ def test_noise_as_large_as_the_threshold_is_covered():
     coverage = float(np.mean(np.array(d2) <= chi2.ppf(p, 6)))
     assert coverage >= p - 3 * np.sqrt(p * (1 - p) / len(d2)) - 0.05, coverage
     assert abs(np.mean(ratios) - 1) < 3 * np.std(ratios) / np.sqrt(len(ratios)) + 1e-3
+
+
+@pytest.mark.parametrize('outliers', [0.0, 0.3])
+def test_a_pose_seeded_by_a_close_prediction_is_the_ransac_seeded_pose(outliers):
+    """A prediction about 1 px off (0.1 deg, 1 cm) replaces RANSAC and the refinement reaches
+    the same optimum (both fits end on the same inliers: equal to a small fraction of the
+    pose's own standard deviation); one far off (0.3 m) leaves RANSAC to find the pose."""
+    rng = np.random.default_rng(11)
+    problem = noisy_problem(rng, n=800, sigma_px=0.5, sigma_d=0.3, outliers=outliers)
+    ransac = pose(*problem)
+    near = (cv2.Rodrigues(np.array([0.0015, 0.0, -0.001]))[0] @ R_TRUE,
+            T_TRUE + [0.01, 0.0, -0.005])
+    seeded = estimate_metric_pose(*problem, K, K, F * BASELINE, prior=near)
+    assert (ransac.seeded_by, seeded.seeded_by) == ('ransac', 'prediction')
+    sigma = np.sqrt(np.diag(ransac.covariance))
+    assert np.all(np.abs(error6(seeded) - error6(ransac)) < 0.05 * sigma)
+    assert abs(seeded.num_inliers - ransac.num_inliers) <= 0.01 * ransac.num_inliers
+    far = estimate_metric_pose(*problem, K, K, F * BASELINE, prior=(R_TRUE, T_TRUE + 0.3))
+    assert far.seeded_by == 'ransac'
+    assert np.all(np.abs(error6(far) - error6(ransac)) < 0.05 * sigma)
+
+
+def test_the_motion_model_predicts_a_constant_velocity_step():
+    """Frames k = 1, 2 of a rig moving by the same step D each frame, posed against keyframe
+    0 (``T_k = D^k``, p_keyframe = T p_frame): the prediction of frame 3 is D^3 (matrix power
+    as the oracle); against another keyframe, or after a reset, nothing."""
+    D = homogeneous(cv2.Rodrigues(np.array([0.01, -0.03, 0.005]))[0], [0.05, -0.01, 0.2])
+    model = MotionModel()
+    assert model.predict(7) is None
+    T1, T2 = D, np.linalg.matrix_power(D, 2)
+    model.add(7, T1[:3, :3], T1[:3, 3])
+    R, t = model.predict(7)                       # one pose: that pose (no velocity yet)
+    np.testing.assert_allclose(homogeneous(R, t), T1, atol=1e-12)
+    model.add(7, T2[:3, :3], T2[:3, 3])
+    R, t = model.predict(7)
+    np.testing.assert_allclose(homogeneous(R, t), np.linalg.matrix_power(D, 3), atol=1e-12)
+    assert model.predict(8) is None
+    # a new keyframe: its own poses only
+    model.add(8, T1[:3, :3], T1[:3, 3])
+    np.testing.assert_allclose(homogeneous(*model.predict(8)), T1, atol=1e-12)
+    assert model.predict(7) is None
+    model.reset()
+    assert model.predict(8) is None

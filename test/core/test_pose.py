@@ -241,3 +241,44 @@ def test_forward_motion_with_many_outliers_as_the_node_samples():
     assert est.inliers[~outlier].mean() > 0.95          # 1 px is 2-3 sigma of the noise
     assert est.inliers[outlier].mean() < 0.02           # a 1 px band around the lines
     check_covariance(est.covariance, est.t)
+
+
+@pytest.mark.parametrize('outliers', [0.0, 0.3])
+def test_a_pose_seeded_by_a_close_prediction_is_as_the_ransac_seeded_pose(outliers):
+    """A prediction about 1 px off (0.1 deg, a direction 0.6 deg off, any length) replaces
+    RANSAC. Without outliers the refinement reaches the same optimum within a third of the
+    pose's own standard deviation (the inliers are re-selected after a coarse robust fit, 0.1
+    sigma, so a few matches near the 1 px threshold may differ). With outliers the inliers
+    may differ by a few matches, outliers that fall within 1 px of their epipolar line
+    included, as between two RANSAC runs: both poses are then as accurate and admit as few
+    outliers. A prediction far off leaves RANSAC to find the pose."""
+    pa, pb, bad = matches(noise_px=0.5, outliers=outliers)
+    cov = np.broadcast_to(0.25 * np.eye(2), (len(pa), 2, 2))
+    ransac = estimate_relative_pose(pa, pb, K, K, cov_b=cov)
+    near = (cv2.Rodrigues(np.array([0.0015, 0.0, -0.001]))[0] @ R_TRUE,
+            3.0 * (T_TRUE + [0.0, 0.003, 0.0]))
+    seeded = estimate_relative_pose(pa, pb, K, K, cov_b=cov, prior=near)
+    assert (ransac.seeded_by, seeded.seeded_by) == ('ransac', 'prediction')
+    # as test_noisy_matches_with_outliers: the translation direction is the weak part
+    for est in (ransac, seeded):
+        check_pose(est, tol_deg=0.5, tol_t_deg=3.0)
+        assert (est.inliers & bad).sum() <= 0.02 * max(bad.sum(), 1)
+    assert abs(seeded.num_inliers - ransac.num_inliers) <= 0.02 * ransac.num_inliers
+    if not outliers:
+        sigma = np.sqrt(np.diag(ransac.covariance))
+        d_rot = cv2.Rodrigues(seeded.R @ ransac.R.T)[0].ravel()
+        assert np.all(np.abs(d_rot) < 0.35 * sigma[3:])
+        assert np.all(np.abs(seeded.t - ransac.t) < 0.35 * sigma[:3])
+    # the twisted pair and the opposite direction have the same essential matrix: decomposed
+    # by cheirality as RANSAC's is
+    t_hat = T_TRUE / np.linalg.norm(T_TRUE)
+    twisted = cv2.Rodrigues(np.pi * t_hat)[0] @ R_TRUE
+    for R, t in ((twisted, T_TRUE), (R_TRUE, -T_TRUE)):
+        other = estimate_relative_pose(pa, pb, K, K, cov_b=cov, prior=(R, t))
+        assert other.seeded_by == 'prediction'
+        check_pose(other, tol_deg=0.5, tol_t_deg=3.0)
+    far = estimate_relative_pose(pa, pb, K, K, cov_b=cov,
+                                 prior=(cv2.Rodrigues(np.array([0.0, 0.05, 0.0]))[0] @ R_TRUE,
+                                        T_TRUE))
+    assert far.seeded_by == 'ransac'
+    check_pose(far, tol_deg=0.5, tol_t_deg=3.0)

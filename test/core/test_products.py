@@ -13,8 +13,8 @@ from scipy.stats import chi2_contingency
 import host_reference as ref
 from romav2_core.dense import PairGrid, upsample
 from romav2_core.products import (CHECK_STRIDE, DENSE_KEYS, PointCloudLayout, Samples,
-                                  dense_maps, health, sample_matches, stereo_maps,
-                                  tracking_shares)
+                                  dense_maps, health, metric_usable, sample_matches,
+                                  stereo_maps, tracking_shares)
 from romav2_core.sampling import PREFILTER
 from romav2_core.stereo import RectifiedStereo
 
@@ -224,16 +224,42 @@ def test_fewer_usable_matches_than_asked_gives_all_of_them():
     assert len(s) == 10 and (s.certainty == 0.5).all()
 
 
-@pytest.mark.parametrize('ho, wo, num', [(40, 40, 60), (96, 128, 60)])
-def test_sampling_draws_as_the_host_sampler_did(ho, wo, num):
+def test_metric_usable_cells_are_valid_in_both_pairs_with_a_disparity_and_variance():
+    rig = real_rig()
+    stereo = PairGrid(*model_outputs(3, hw_b=HW_A, shift_px=(-25.0, 0.5)), HW_A, HW_A,
+                      THRESHOLD)
+    stereo.covariance[::7, ::5, 0, 0] = -1.0             # not a variance: never usable
+    stereo.covariance[1::9, ::4, 0, 0] = float('nan')
+    temporal = grid(4)
+    pa, pb, _, cov, valid_s = ref.grid_matches(stereo.warp, stereo.overlap, stereo.covariance,
+                                               HW_A, HW_A, THRESHOLD)
+    *_, valid_t = ref.grid_matches(*model_outputs(4), HW_A, HW_B, THRESHOLD)
+    min_disparity = 20.0
+    disparity = pa[:, 0] - pb[:, 0] - (rig.P_left[0, 2] - rig.P_right[0, 2])
+    want = valid_s & valid_t & (disparity >= min_disparity) & (cov[:, 0, 0] > 0)
+    # the disparity bound decided in normalised units: float32 rounding near the bound
+    edge = np.abs(disparity - min_disparity) < 1e-3
+    assert 0.1 < want.mean() < 0.6 and edge.sum() < 5      # every condition removes cells
+    usable_at = metric_usable(stereo, temporal, rig, min_disparity)
+    got = usable_at(torch.arange(HO * WO)).numpy()
+    np.testing.assert_array_equal(got[~edge], want[~edge])
+    # asked about some cells, in any order: the same answers
+    some = torch.randperm(HO * WO, generator=torch.Generator().manual_seed(0))[:999]
+    np.testing.assert_array_equal(usable_at(some).numpy(), got[some.numpy()])
+
+
+@pytest.mark.parametrize('ho, wo, num, unusable', [(40, 40, 60, 0.2), (96, 128, 60, 0.2),
+                                                   (96, 128, 60, 0.85)])
+def test_sampling_draws_as_the_host_sampler_did(ho, wo, num, unusable):
     """The device sampler (Efraimidis-Spirakis keys) and the host's sequential draws without
     replacement are the same distribution: over many seeds both pick each 8 x 8 block of
     cells equally often (two-sample chi-square; both samplers seeded, so deterministic). The
     larger grid takes the CPU's path that draws only the keys below a level (more than
-    PREFILTER times the 4 num candidates)."""
+    PREFILTER times the 4 num candidates) and asks which of those are usable; with most
+    cells unusable too (the level then comes from the usable share of the weight)."""
     rng = np.random.default_rng(9)
     certainty = np.clip(rng.uniform(0, 1, (ho, wo)) * np.linspace(0.2, 1, wo)[None], 0, 1)
-    usable = rng.uniform(0, 1, (ho, wo)) > 0.2
+    usable = rng.uniform(0, 1, (ho, wo)) > unusable
     warp = torch.zeros(ho, wo, 2)
     hw = (3 * ho, 4 * wo)
     g = PairGrid(warp, torch.tensor(certainty[..., None], dtype=torch.float32),

@@ -135,6 +135,22 @@ def test_odometry_follows_the_trajectory(run):
     assert list(kf_trace.values()) == sorted(kf_trace.values())
 
 
+def test_tracking_poses_start_from_the_motion_model(run):
+    """A frame with two earlier frames posed against its keyframe starts its refinement from
+    the constant-velocity prediction (the rig moves evenly); the first one against a keyframe
+    from RANSAC. The accuracy tests above hold for both."""
+    scene, _, results = run
+    since = {}                  # keyframe stamp -> frames posed against it so far
+    seeded = []
+    for k in range(1, scene.frames):
+        kf = scene.index(results[k].messages['relative_pose'].header.stamp)
+        seeded.append((since.get(kf, 0), results[k].odometry_quality['seeded_by']))
+        since[kf] = since.get(kf, 0) + 1
+    assert all(s == 'ransac' for n, s in seeded if n == 0)
+    assert all(s == 'prediction' for n, s in seeded if n >= 2)
+    assert {n for n, _ in seeded} >= {0, 2}
+
+
 def test_a_bad_input_is_a_lost_frame_and_tracking_recovers_against_the_keyframe():
     scene = om.StereoTrajectory(frames=8)
     pipe = MatchingPipeline(om.TrajectoryOracle(scene), PipelineConfig(mode='stereo_odometry'))
