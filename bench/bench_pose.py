@@ -12,10 +12,10 @@ the same size and their variances. Every case (inlier ratio x noise) draws ``--c
 each set goes through both sides in turn (the order alternating), so that they see the same
 machine load.
 
-A third side, ``predicted``, is this tree given a prediction of the pose (``prior``: the
-true motion off by :data:`PREDICTION_ERROR`, about what a constant-velocity model gives a
-tracking odometry, or a stereo rig's calibration its pose): its time where the prediction
-replaces RANSAC (``prediction_share``: the calls where it did).
+A third side of the PnP, ``predicted``, is this tree given a prediction of the pose
+(``prior``: the true motion off by :data:`PREDICTION_ERROR`, about what the odometry's
+constant-velocity motion model gives it while tracking): its time and accuracy where the
+prediction replaces RANSAC (``prediction_share``: the calls where it did).
 
 The other side is the code of ``--baseline-rev`` (default: the last revision before these
 estimators were reworked), read with ``git show`` into a temporary module at run time. With
@@ -152,10 +152,9 @@ def prediction(s: dict) -> tuple:
     return R_err @ s['R'], s['t'] + share * np.linalg.norm(s['t']) * np.array([1.0, 0.0, 0.0])
 
 
-def essential_call(fn: Callable, threshold_px: float, predicted: bool = False) -> Callable:
-    extra = (lambda s: {'prior': prediction(s)}) if predicted else (lambda s: {})
+def essential_call(fn: Callable, threshold_px: float) -> Callable:
     return lambda s: fn(s['pa'], s['pb'], K, K, cov_b=s['cov'],
-                        ransac_threshold_px=threshold_px, **extra(s))
+                        ransac_threshold_px=threshold_px)
 
 
 def metric_call(fn: Callable, threshold_px: float, predicted: bool = False) -> Callable:
@@ -260,8 +259,6 @@ def main() -> None:
     reference = None if args.no_poselib else poselib_calls(args.threshold_px)
     sides = {
         'essential': {'ours': essential_call(estimate_relative_pose, args.threshold_px),
-                      'predicted': essential_call(estimate_relative_pose, args.threshold_px,
-                                                  predicted=True),
                       'baseline': essential_call(baseline['pose'], args.threshold_px)},
         'metric': {'ours': metric_call(estimate_metric_pose, args.threshold_px),
                    'predicted': metric_call(estimate_metric_pose, args.threshold_px,
@@ -298,8 +295,8 @@ def main() -> None:
               'cases': cases}
     common.report(result, 'pose: ' + ', '.join(
         f"{c['estimator']} {c['inlier_ratio']:.2f}/{c['noise_px']:g}px "
-        f"{c['baseline']['time_ms']['median']:.1f} -> {c['ours']['time_ms']['median']:.1f} ms "
-        f"(predicted {c['predicted']['time_ms']['median']:.1f})"
+        f"{c['baseline']['time_ms']['median']:.1f} -> {c['ours']['time_ms']['median']:.1f} ms"
+        + (f" (predicted {c['predicted']['time_ms']['median']:.1f})" if 'predicted' in c else '')
         for c in cases))
 
 

@@ -28,16 +28,19 @@ import cv2
 import numpy as np
 
 from romav2_core.pose import (GN_COARSE_DECREMENT_TOL, GN_DECREMENT_TOL, MIN_EIGENVALUE,
-                              PRIOR_MIN_SHARE, RANSAC_CONFIDENCE, RANSAC_MAX_ITERS,
-                              SELECTION_BAND, PoseEstimate, cauchy_scale, irls_sqrt_weights,
-                              robust_cost)
+                              RANSAC_CONFIDENCE, RANSAC_MAX_ITERS, PoseEstimate, cauchy_scale,
+                              irls_sqrt_weights, robust_cost)
 
 #: Fewest 3D-2D matches accepted (P3P plus a margin for RANSAC).
 MIN_POINTS = 12
-# The fit that re-selects the inliers uses the matches within pose.SELECTION_BAND inlier
-# thresholds of the initial model (robustly): the noisy depths spread the inliers'
-# reprojection errors, and a fit on only those within the threshold would stay biased toward
-# the model that chose them.
+#: The fit that re-selects the inliers uses the matches within this many inlier thresholds of
+#: the initial model (robustly): the noisy depths spread the inliers' reprojection errors, and
+#: a fit on only those within the threshold would stay biased toward the model that chose them.
+SELECTION_BAND = 3.0
+#: A predicted pose replaces RANSAC when at least this share of the usable matches lie within
+#: SELECTION_BAND thresholds of it: it is then in the basin of the dominant motion, where
+#: RANSAC's model would be (RANSAC with P3P samples costs 2-5 ms a frame on noisy depths).
+PRIOR_MIN_SHARE = 0.5
 
 
 def _skew(v: np.ndarray) -> np.ndarray:
@@ -244,11 +247,20 @@ def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b
         px, _ = _projection((rays / rho[:, None]) @ R.T + t, K_b)
         return np.linalg.norm(px - points_b, axis=1)
 
+    def fit(mask, R, t, tol=GN_DECREMENT_TOL, robust=False):
+        problem = _StereoPnP(rays[mask], points_b[mask], tuple(w[mask] for w in W), d[mask],
+                             sigma_d[mask], fT, K_b)
+        return problem.refine(R, t, rho0[mask], tol, robust)
+
     seeded_by, near = 'ransac', None
     if prior is not None:
         R, t = (np.asarray(a, np.float64) for a in prior)
         near = reprojection_px(R, t, rho0) < SELECTION_BAND * ransac_threshold_px
         if near.sum() >= max(MIN_POINTS, PRIOR_MIN_SHARE * n):
+            # a robust fit from the prediction first: the Cauchy scale of the fit below comes
+            # from its starting model's residuals, which a prediction's error would inflate
+            R, t, _, _, _ = fit(near, R, t, GN_COARSE_DECREMENT_TOL, robust=True)
+            near = reprojection_px(R, t, rho0) < SELECTION_BAND * ransac_threshold_px
             seeded_by, inliers = 'prediction', near
         else:
             near = None
@@ -258,11 +270,6 @@ def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b
             return None
         R, t, inliers = found
         near = reprojection_px(R, t, rho0) < SELECTION_BAND * ransac_threshold_px
-
-    def fit(mask, R, t, tol=GN_DECREMENT_TOL, robust=False):
-        problem = _StereoPnP(rays[mask], points_b[mask], tuple(w[mask] for w in W), d[mask],
-                             sigma_d[mask], fT, K_b)
-        return problem.refine(R, t, rho0[mask], tol, robust)
 
     # A robust fit on the matches near the initial model (SELECTION_BAND) good enough to
     # re-select the inliers, then the least-squares fit on those (the local-optimisation step

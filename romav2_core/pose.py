@@ -14,14 +14,12 @@ Conventions
 
 Estimation: undistort to normalised camera coordinates with the CameraInfo distortion model,
 robust essential matrix (OpenCV USAC, :data:`RANSAC_METHOD`), cheirality (the decomposition with
-the most RANSAC inliers in front of both cameras) -- or, instead of RANSAC, a predicted pose
-(``prior``: a stereo rig's calibration, say) that explains most matches -- a robust (Cauchy)
-Gauss-Newton fit on the RANSAC inliers (or the matches near the prediction) that re-selects
-the inliers by the pixel threshold, then Gauss-Newton on the covariance-weighted Sampson error
-of those inliers, whose inverse Hessian is the 5-DoF covariance. The Jacobians are analytic;
-the undistortion Jacobian that carries the pixel covariances to normalised coordinates is
-``K^-1`` on rectified images and OpenCV's projection Jacobian, inverted, on distorted ones.
-``bench/bench_pose.py`` measures time and accuracy.
+the most RANSAC inliers in front of both cameras), a robust (Cauchy) Gauss-Newton fit on the
+RANSAC inliers that re-selects the inliers by the pixel threshold, then Gauss-Newton on the
+covariance-weighted Sampson error of those inliers, whose inverse Hessian is the 5-DoF
+covariance. The Jacobians are analytic; the undistortion Jacobian that carries the pixel
+covariances to normalised coordinates is ``K^-1`` on rectified images and OpenCV's projection
+Jacobian, inverted, on distorted ones. ``bench/bench_pose.py`` measures time and accuracy.
 """
 from __future__ import annotations
 
@@ -47,15 +45,6 @@ MIN_MATCHES = 8
 RANSAC_METHOD = cv2.USAC_FAST
 RANSAC_CONFIDENCE = 0.999
 RANSAC_MAX_ITERS = 1000
-#: A predicted pose (``prior``) replaces RANSAC when at least PRIOR_MIN_SHARE of the matches
-#: lie within SELECTION_BAND inlier thresholds of it: it is then in the basin of the dominant
-#: motion, where RANSAC's model would be, and the fits that follow reach the same optimum
-#: (RANSAC costs 2-5 ms a pair at 2,000 matches). The metric pose also fits on the matches
-#: within SELECTION_BAND thresholds of its initial model (``odometry.py``).
-SELECTION_BAND = 3.0
-PRIOR_MIN_SHARE = 0.5
-#: About this many of a prediction's matches choose its decomposition (cheirality).
-CHEIRALITY_MATCHES = 400
 
 
 @dataclass
@@ -72,8 +61,8 @@ class PoseEstimate:
     scale_observable: bool = False
     #: Metric (PnP) poses: mean reprojection error of the inliers in B, px; NaN otherwise.
     mean_reprojection_error: float = float('nan')
-    #: What the refinement started from: 'ransac', or 'prediction' (the ``prior`` given to
-    #: the estimator explained the matches: :data:`PRIOR_MIN_SHARE`).
+    #: What the refinement started from: 'ransac', or 'prediction' (metric poses: a predicted
+    #: pose that explained the matches, ``odometry.MotionModel``).
     seeded_by: str = 'ransac'
 
     @property
@@ -381,17 +370,13 @@ def estimate_relative_pose(points_a, points_b, K_a, K_b, D_a=None, D_b=None,
                            model_a: str = 'plumb_bob', model_b: str = 'plumb_bob',
                            cov_a=None, cov_b=None, ransac_threshold_px: float = 1.0,
                            confidence: float = RANSAC_CONFIDENCE,
-                           max_iters: int = RANSAC_MAX_ITERS,
-                           prior: Optional[tuple] = None) -> Optional[PoseEstimate]:
+                           max_iters: int = RANSAC_MAX_ITERS) -> Optional[PoseEstimate]:
     """Pose of camera A in camera B's frame from matches ``points_a[i] <-> points_b[i]``.
 
     ``points_*``: ``[N x 2]`` OpenCV pixels. ``K_*``: 3x3 intrinsics; ``D_*`` CameraInfo
     distortion coefficients of ``model_*`` (None = rectified). ``cov_*``: ``[N x 2 x 2]`` point
     covariances in px^2 (None: A exact, B 1 px^2 isotropic). ``ransac_threshold_px``: inlier
-    threshold, converted to normalised units with the mean focal length. ``prior``: a
-    predicted ``(R, t)`` (``t`` any length), used instead of RANSAC's model when
-    :data:`PRIOR_MIN_SHARE` of the matches lie within :data:`SELECTION_BAND` thresholds of it
-    (``seeded_by`` says which).
+    threshold, converted to normalised units with the mean focal length.
 
     Returns None when there are fewer than :data:`MIN_MATCHES` matches or no model is found.
     """
@@ -405,36 +390,22 @@ def estimate_relative_pose(points_a, points_b, K_a, K_b, D_a=None, D_b=None,
     xa = normalize_points(points_a, K_a, D_a, model_a)
     xb = normalize_points(points_b, K_b, D_b, model_b)
     focal = float(np.mean([K_a[0, 0], K_a[1, 1], K_b[0, 0], K_b[1, 1]]))
+    found = _ransac_essential(xa, xb, ransac_threshold_px / focal, confidence, max_iters)
+    if found is None:
+        return None
+    E, inliers = found
     if cov_b is None:
         cov_b = np.broadcast_to(np.eye(2), (n, 2, 2))
     ca = None if cov_a is None else _normalized_covariance(
         cov_a, undistortion_jacobian(xa, K_a, D_a, model_a))
     cb = _normalized_covariance(cov_b, undistortion_jacobian(xb, K_b, D_b, model_b))
     problem = _WeightedSampson(xa, xb, ca, cb)
-    seeded_by = 'ransac'
-    if prior is not None:
-        R = np.asarray(prior[0], np.float64)
-        t = np.asarray(prior[1], np.float64) / np.linalg.norm(prior[1])
-        inliers = problem.sampson_px(R, t, focal) < SELECTION_BAND * ransac_threshold_px
-        count = int(inliers.sum())
-        if count >= max(MIN_MATCHES, PRIOR_MIN_SHARE * n):
-            # the prediction's essential matrix, decomposed as RANSAC's is (the epipolar
-            # error cannot tell the four poses apart); cheirality needs a few hundred matches
-            seeded_by, every = 'prediction', max(1, count // CHEIRALITY_MATCHES)
-            R, t = _decompose(_skew(t) @ R, problem.xa[inliers][::every],
-                              problem.xb[inliers][::every])
-    if seeded_by == 'ransac':
-        found = _ransac_essential(xa, xb, ransac_threshold_px / focal, confidence, max_iters)
-        if found is None:
-            return None
-        E, inliers = found
-        R, t = _decompose(E, problem.xa[inliers], problem.xb[inliers])
+    R, t = _decompose(E, problem.xa[inliers], problem.xb[inliers])
 
-    # A robust fit on the RANSAC inliers or the matches near the prediction (a pixel
-    # threshold lets in outliers that the covariance weighting would make heavy; the
-    # cheirality subset can be half of a wrong decomposition), good enough to re-select the
-    # inliers with the refined model; then the least-squares fit on those, the
-    # local-optimisation step of LO-RANSAC.
+    # A robust fit on the RANSAC inliers (their pixel threshold lets in outliers that the
+    # covariance weighting would make heavy; the cheirality subset can be half of a wrong
+    # decomposition), good enough to re-select the inliers with the refined model; then the
+    # least-squares fit on those, the local-optimisation step of LO-RANSAC.
     R, t, _, _ = _refine(problem.subset(inliers), R, t, robust=True, tol=GN_COARSE_DECREMENT_TOL)
     reselected = problem.sampson_px(R, t, focal) < ransac_threshold_px
     if reselected.sum() >= MIN_MATCHES:
@@ -443,5 +414,4 @@ def estimate_relative_pose(points_a, points_b, K_a, K_b, D_a=None, D_b=None,
     return PoseEstimate(R=R, t=t, covariance=_covariance_6x6(J, r, t), inliers=inliers,
                         num_matches=n, num_inliers=int(inliers.sum()),
                         mean_epipolar_error=float(problem.sampson_px(R, t, focal)[inliers]
-                                                  .mean()),
-                        seeded_by=seeded_by)
+                                                  .mean()))

@@ -242,11 +242,9 @@ def pose_messages(est: PoseEstimate, a: Frame, b: Frame, wanted: set, res, **inf
                                                                         b.header, **info)
 
 
-def two_view_pose(cfg, samples: Samples, a: Frame, b: Frame, wanted: set, res,
-                  prior: Optional[tuple] = None) -> Optional[PoseEstimate]:
-    """Essential-matrix pose (direction of t only) between the named optical frames;
-    ``prior``: a predicted ``(R, t)`` between the frames the estimate is made in (the
-    returned one's: the rectified frames when ``cfg.rectified``)."""
+def two_view_pose(cfg, samples: Samples, a: Frame, b: Frame, wanted: set, res
+                  ) -> Optional[PoseEstimate]:
+    """Essential-matrix pose (direction of t only) between the named optical frames."""
     proj_a, proj_b = projection(a, cfg.rectified), projection(b, cfg.rectified)
     if proj_a is None or proj_b is None:
         res.notes.append('uncalibrated: camera_info K is all zero, no relative pose')
@@ -255,12 +253,12 @@ def two_view_pose(cfg, samples: Samples, a: Frame, b: Frame, wanted: set, res,
     with timed(res, 'pose'):
         est = estimate_relative_pose(samples.points_a, samples.points_b, K_a, K_b, D_a, D_b,
                                      model_a, model_b, cov_b=samples.cov_b,
-                                     ransac_threshold_px=cfg.ransac_threshold_px, prior=prior)
+                                     ransac_threshold_px=cfg.ransac_threshold_px)
     if est is None:
         res.notes.append(f'pose_failed: no essential matrix from {len(samples)} matches')
         return None
     pose_messages(est.in_camera_frames(R_a, R_b), a, b, wanted, res)
-    return est      # between the frames it was estimated in (rectified, when cfg.rectified)
+    return est      # between the rectified frames (what the calibration check compares)
 
 
 def viz(cfg, host: HostProducts, samples: Optional[Samples], a: Frame, b: Frame,
@@ -316,9 +314,7 @@ class PairMode(Mode):
         samples = host.samples
         matches_message(samples, a, b, wanted, res)
         if wanted & POSE_OUTPUTS and samples is not None:
-            # a rectified rig's calibration predicts its pose (each pair stands alone)
-            prior = None if plan.rig is None else (np.eye(3), plan.rig.calibrated_translation)
-            est = two_view_pose(cfg, samples, a, b, wanted, res, prior)
+            est = two_view_pose(cfg, samples, a, b, wanted, res)
             if est is not None and plan.rig is not None and res.health is not None:
                 res.health = dataclasses.replace(
                     res.health, baseline_angle_deg=baseline_angle_deg(est.t, plan.rig))

@@ -1,5 +1,4 @@
 """MatchingPipeline with oracle matchers: outputs, conventions, pose, resets, bad input."""
-import cv2
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
@@ -91,36 +90,6 @@ def test_stereo_pose_and_matches(stereo_result):
     np.testing.assert_allclose(pb, om.warp_px(pa[:, 0], pa[:, 1], om.STEREO_R, om.STEREO_T),
                                atol=1e-3)
     assert (m.width_a, m.height_a, m.width_b, m.height_b) == (om.W, om.H, om.W, om.H)
-
-
-def test_a_stereo_pose_starts_from_the_calibration(monkeypatch):
-    """A rectified rig's calibration predicts its pose: each pair's refinement starts from it
-    (no RANSAC), with the same accuracy, alone or after others; a rig whose images disagree
-    with its calibration (1.5 deg of pitch: 13 px of vertical disparity) gets RANSAC, and the
-    pose of its images."""
-    from romav2_ros import modes
-    seeded = []
-
-    def recording(*args, **kwargs):
-        est = estimate_relative_pose(*args, **kwargs)
-        seeded.append(est.seeded_by)
-        return est
-    estimate_relative_pose = modes.estimate_relative_pose
-    monkeypatch.setattr(modes, 'estimate_relative_pose', recording)
-    pipe = MatchingPipeline(om.stereo(), PipelineConfig())
-    for k in range(2):
-        pose = pipe.process(om.stereo_inputs(Time(sec=k + 1)), {'relative_pose'}) \
-            .messages['relative_pose'].pose.pose
-        assert rotation_error_deg(pose.orientation, om.STEREO_R) < 1.0
-        assert direction_error_deg(pose.position, om.STEREO_T) < 1.0
-    assert seeded == ['prediction', 'prediction']
-    pitched = cv2.Rodrigues(np.array([np.radians(1.5), 0.0, 0.0]))[0]
-    pipe = MatchingPipeline(om.OracleMatcher(pitched, om.STEREO_T), PipelineConfig())
-    pose = pipe.process(om.stereo_inputs(Time(sec=3)), {'relative_pose'}) \
-        .messages['relative_pose'].pose.pose
-    assert seeded[-1] == 'ransac'
-    assert rotation_error_deg(pose.orientation, pitched) < 1.0
-    assert direction_error_deg(pose.position, om.STEREO_T) < 1.0
 
 
 def test_wanted_limits_work_and_threshold_applies():
