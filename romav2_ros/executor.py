@@ -13,6 +13,8 @@ The input callbacks only hand a set to the model stage (microseconds), so
 spinning thread itself, in arrival order, as a single-threaded executor would. Everything else
 (parameter and lifecycle services, timers) still goes to the pool: a lifecycle configure that
 waits for the model build does not stop the services nor the inputs.
+
+:func:`watch_for_shutdown` keeps an executor from missing a SIGINT/SIGTERM (see there).
 """
 from __future__ import annotations
 
@@ -38,3 +40,20 @@ class InputFirstExecutor(MultiThreadedExecutor):
             handler()
             if handler.exception() is not None:
                 raise handler.exception()
+
+
+#: How often :func:`watch_for_shutdown` wakes the executor, s.
+SHUTDOWN_CHECK_PERIOD_S = 0.5
+
+
+def watch_for_shutdown(node, period_s: float = SHUTDOWN_CHECK_PERIOD_S):
+    """A timer on ``node`` that only wakes its executor, which checks its context after every
+    wait. rclpy's signal thread triggers the executors' guard condition *before* it shuts the
+    contexts down: an executor that wakes in between sees its context still valid and waits
+    again, and when nothing else happens (a lifecycle node after ``shutdown``) it never sees
+    the shutdown and the process does not end. Returns the timer."""
+    return node.create_timer(period_s, _wake, callback_group=InlineCallbackGroup())
+
+
+def _wake() -> None:
+    """Nothing: the executor's check of its context after the wait is the point."""

@@ -72,7 +72,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from romav2_ros import matchers, messages, params, static_tf
 from romav2_ros.bond import ManagedNodeBond
 from romav2_ros.diagnostics import Diagnostics
-from romav2_ros.executor import InlineCallbackGroup, InputFirstExecutor
+from romav2_ros.executor import InlineCallbackGroup, InputFirstExecutor, watch_for_shutdown
 from romav2_ros.pipeline import TF, VIZ_OUTPUTS, Inferred, InputError, MatchingPipeline, \
     mode_outputs
 from romav2_ros import sync as synchronizers
@@ -661,6 +661,7 @@ def _run(make_node, start) -> int:
         node = make_node()
         executor = InputFirstExecutor(num_threads=EXECUTOR_THREADS)
         executor.add_node(node)
+        watch_for_shutdown(node)
 
         def start_once():
             timer.cancel()

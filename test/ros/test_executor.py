@@ -74,3 +74,51 @@ def test_the_node_subscribes_its_inputs_in_the_inline_group(context):
     finally:
         node.close()
         node.destroy_node()
+
+
+SHUTDOWN_SCRIPT = """
+import sys, threading, time
+import rclpy
+from romav2_ros.executor import InputFirstExecutor, watch_for_shutdown
+rclpy.init()
+node = rclpy.create_node('romav2_shutdown_test')
+if sys.argv[1] == 'watched':
+    watch_for_shutdown(node, period_s=0.2)
+executor = InputFirstExecutor(num_threads=2)
+executor.add_node(node)
+ended = threading.Event()
+def spin():
+    try:
+        executor.spin()
+    except (ExternalShutdownException, ShutdownException):
+        pass
+    ended.set()
+threading.Thread(target=spin, daemon=True).start()
+time.sleep(0.5)
+context = rclpy.utilities.get_default_context()
+with context.handle:
+    context.handle.shutdown()
+print('ended' if ended.wait(2.0) else 'still spinning', flush=True)
+"""
+
+
+@pytest.mark.parametrize('watched', [False, True])
+def test_a_shutdown_that_does_not_wake_the_executor_still_ends_its_spin(watched):
+    """rclpy's signal thread triggers the executors' guard condition, then shuts the context
+    down; an executor that woke in between waits again. Emulated in a process of its own:
+    the context shut down without waking anyone (its C++ handle, as that thread does). With
+    nothing else to do the spin never ends, unless watch_for_shutdown's timer wakes it (within
+    its period). Seen: a lifecycle node after ``shutdown`` that a SIGINT did not end."""
+    import os
+    import subprocess
+    import sys
+
+    from node_harness import profile_env
+    # the harness's DDS profile (no shared-memory transport: a process that ends while its
+    # participant lives would leave segments behind for the next tests)
+    env = {**os.environ, **profile_env()}
+    out = subprocess.run([sys.executable, '-c', SHUTDOWN_SCRIPT,
+                          'watched' if watched else 'unwatched'],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert out.stdout.strip().splitlines()[-1] == ('ended' if watched else 'still spinning'), \
+        out.stderr[-2000:]
