@@ -153,7 +153,7 @@ def sample_matches(grid: PairGrid, num: int, generator: torch.Generator,
     if usable is None:
         usable = grid.valid_at
     elif isinstance(usable, Tensor):
-        usable = usable.reshape(-1).__getitem__
+        usable = _mask_at(usable)
     points_a = grid.points_a.reshape(-1, 2)
     idx, drawn = balanced_sample(points_a, grid.overlap.reshape(-1).float(), usable, num,
                                  grid.hw_a, generator)
@@ -163,6 +163,15 @@ def sample_matches(grid: PairGrid, num: int, generator: torch.Generator,
         match = stereo_grid.cells(idx)
         columns += [rig.disparity(columns[0][:, 0:1], match[:, 0:1]), match[:, 3:4]]
     return {'samples': torch.cat(columns, dim=1), 'drawn': drawn}
+
+
+def _mask_at(mask: Tensor) -> UsableAt:
+    """A ``[H_o x W_o]`` mask as the predicate of flat cell indices the sampler asks."""
+    flat = mask.reshape(-1)
+
+    def usable_at(index: Tensor) -> Tensor:
+        return flat[index]
+    return usable_at
 
 
 def health(grid: PairGrid) -> Tensor:
