@@ -14,13 +14,14 @@ from ``git archive`` into a temporary folder.
 
     .venv/bin/python bench/bench_pipeline.py                      # base grid, 60 sets a case
     .venv/bin/python bench/bench_pipeline.py --rev none --sets 5  # this tree only (CI smoke)
+    .venv/bin/python bench/bench_pipeline.py --rev HEAD --rev-torch-threads 1  # a change
 
 Cases: ``relative_pose`` (stereo), ``depth_points2`` (stereo depth + points2),
 ``odometry`` (stereo_odometry: odometry + TF), ``all_but_pictures`` (every stereo output but
 the ``*_viz`` ones), ``sequential_pose`` (sequential: relative_pose).
 
-The stand-in's scene moves evenly, so the stereo poses start from the rig's calibration and
-the odometry's PnP from its motion model's prediction after the first frames of a keyframe
+The stand-in's scene moves evenly, so the odometry's PnP starts from its motion model's
+prediction after the first frames of a keyframe (a stereo pair's pose is always RANSAC's)
 (``pose_seeded_by`` counts the odometry's starts); RANSAC, where a prediction misses, adds
 what ``bench/bench_pose.py`` measures for its ``ours`` side over its ``predicted`` one.
 """
@@ -135,6 +136,10 @@ def main() -> None:
     p.add_argument('--sets', type=int, default=60)
     p.add_argument('--warmup', type=int, default=5)
     p.add_argument('--rev', default=DEFAULT_REV, help='git revision to compare with, or none')
+    p.add_argument('--rev-torch-threads', type=int, default=0,
+                   help="the revision's torch threads (0: torch's default, as the nodes before "
+                        "the pipelined stages ran; 1: as the host stage runs, to compare two "
+                        "revisions of it)")
     args = p.parse_args()
     result = {'benchmark': 'pipeline_own_time',
               'command': ' '.join(['bench/bench_pipeline.py', *sys.argv[1:]]),
@@ -144,7 +149,7 @@ def main() -> None:
     if args.rev != 'none':
         with tempfile.TemporaryDirectory() as tmp:
             result['sides'][args.rev] = run_side(revision_tree(args.rev, Path(tmp)), args,
-                                                 threads=0)
+                                                 threads=args.rev_torch_threads)
     lines = []
     for case in CASES:
         row = ', '.join(f'{name} {side[case]["cpu_ms"]:.1f} ms CPU / '

@@ -84,18 +84,19 @@ class PairGrid:
 
     def valid_at(self, index: Tensor) -> Tensor:
         """``[n]`` bool: :attr:`valid` of the cells at flat ``index`` ``[n]``, computed for
-        those cells only."""
-        return (self.overlap.reshape(-1)[index] >= self.threshold) & \
-            inside_normalized(self.warp.reshape(-1, 2)[index])
+        those cells only. (Gathers here and in the sampler use ``index_select``: on a CPU a
+        few times faster than ``tensor[index]``.)"""
+        return (self.overlap.reshape(-1).index_select(0, index) >= self.threshold) & \
+            inside_normalized(self.warp.reshape(-1, 2).index_select(0, index))
 
     def cells(self, index: Tensor) -> Tensor:
         """``[n x 6]`` float32 of the cells at flat ``index`` ``[n]``: :data:`CELL_COLUMNS`."""
         ho, wo = self.grid_hw
-        warp = self.warp.reshape(-1, 2)[index].float()
-        cov = geometry.rescale_covariance(self.covariance.reshape(-1, 2, 2)[index].float(),
-                                          ho, wo, *self.hw_b)
+        warp = self.warp.reshape(-1, 2).index_select(0, index).float()
+        cov = self.covariance.reshape(-1, 2, 2).index_select(0, index).float()
+        cov = geometry.rescale_covariance(cov, ho, wo, *self.hw_b)
         return torch.cat([geometry.to_pixel_coordinates(warp, *self.hw_b),
-                          self.overlap.reshape(-1, 1)[index].float().clamp(0, 1),
+                          self.overlap.reshape(-1, 1).index_select(0, index).float().clamp(0, 1),
                           cov[:, 0, 0:1], cov[:, 0, 1:2], cov[:, 1, 1:2]], dim=1)
 
     def strided(self, stride: int) -> 'PairGrid':

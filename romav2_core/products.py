@@ -29,6 +29,7 @@ from torch import Tensor
 
 from romav2_core import geometry
 from romav2_core.dense import PairGrid, interleaved
+from romav2_core.quantiles import nan_quantiles
 from romav2_core.sampling import UsableAt, balanced_sample
 from romav2_core.stereo import RectifiedStereo, vertical_disparity
 
@@ -138,7 +139,8 @@ def metric_usable(stereo_grid: PairGrid, temporal: PairGrid, stereo: RectifiedSt
 
     def usable_at(index: Tensor) -> Tensor:
         return stereo_grid.valid_at(index) & temporal.valid_at(index) & \
-            (x_b[index] <= bound[index % w_o]) & (var_x[index] > 0)
+            (x_b.index_select(0, index) <= bound.index_select(0, index % w_o)) & \
+            (var_x.index_select(0, index) > 0)
     return usable_at
 
 
@@ -157,7 +159,7 @@ def sample_matches(grid: PairGrid, num: int, generator: torch.Generator,
     points_a = grid.points_a.reshape(-1, 2)
     idx, drawn = balanced_sample(points_a, grid.overlap.reshape(-1).float(), usable, num,
                                  grid.hw_a, generator)
-    columns = [points_a[idx], grid.cells(idx)]
+    columns = [points_a.index_select(0, idx), grid.cells(idx)]
     if stereo is not None:
         stereo_grid, rig = stereo
         match = stereo_grid.cells(idx)
@@ -170,7 +172,7 @@ def _mask_at(mask: Tensor) -> UsableAt:
     flat = mask.reshape(-1)
 
     def usable_at(index: Tensor) -> Tensor:
-        return flat[index]
+        return flat.index_select(0, index)
     return usable_at
 
 
@@ -194,7 +196,7 @@ def tracking_shares(stereo: PairGrid, temporal: Optional[PairGrid]) -> Tensor:
         return torch.stack([stereo_share, nan, nan])
     sub = temporal.strided(s)
     flow = torch.linalg.vector_norm(sub.points_b_px() - temporal.points_a[::s, ::s], dim=-1)
-    median = torch.nanquantile(torch.where(sub.valid, flow, float('nan')).flatten(), 0.5)
+    median = nan_quantiles(torch.where(sub.valid, flow, float('nan')), (0.5,))[0]
     return torch.stack([stereo_share, sub.valid.float().mean(), median / temporal.hw_a[1]])
 
 

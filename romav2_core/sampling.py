@@ -127,7 +127,7 @@ def _weighted_without_replacement(weights: Tensor, k: int, generator: torch.Gene
         total = float(weights.sum())
         if usable_at is not None:
             probe = torch.arange(0, n, SHARE_STRIDE, device=weights.device)
-            w = weights[probe]
+            w = weights.index_select(0, probe)
             total *= float(w[usable_at(probe)].sum()) / max(float(w.sum()), 1e-30)
         found = _keys_below(weights, 2 * k / max(total, 1e-30), generator)
         if found is not None:
@@ -168,7 +168,7 @@ def _keys_below(weights: Tensor, tau: float, generator: torch.Generator):
         found.append(positions[positions < n])
         start = int(positions[-1])
     cand = torch.cat(found).long()
-    w = weights[cand]
+    w = weights.index_select(0, cand)
     q_i = -torch.expm1(-tau * w)
     kept = torch.rand(cand.shape[0], generator=generator) * q < q_i
     cand, w, q_i = cand[kept], w[kept], q_i[kept]
@@ -194,7 +194,7 @@ def balanced_sample(points_a: Tensor, certainty: Tensor, usable_at: UsableAt, nu
                                                      min(EXPANSION * num, n_all), generator,
                                                      usable_at)
     cells = BALANCE_CELLS
-    pa = points_a[cand]
+    pa = points_a.index_select(0, cand)
     cx = (pa[:, 0] / hw_a[1] * cells).long().clamp(0, cells - 1)
     cy = (pa[:, 1] / hw_a[0] * cells).long().clamp(0, cells - 1)
     cell = cy * cells + cx

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from romav2_core.quantiles import nan_quantiles
+
 #: Frames a point cloud can be expressed in (see the module docstring).
 POINT_FRAMES = ('rectified', 'optical')
 
@@ -135,7 +137,7 @@ def vertical_disparity(points_a: Tensor, points_b: Tensor, valid: Tensor) -> Ten
     calibration error. Returns ``[3]`` float32 on the device: median, 90th percentile (linear
     interpolation, as numpy's percentile; NaN without matches) and the count."""
     dy = torch.where(valid, (points_a[..., 1] - points_b[..., 1]).abs(), float('nan'))
-    quantiles = torch.nanquantile(dy.flatten(), dy.new_tensor([0.5, 0.9]))
+    quantiles = nan_quantiles(dy, (0.5, 0.9))
     return torch.cat([quantiles, valid.sum().to(dy.dtype)[None]])
 
 

@@ -209,11 +209,13 @@ def test_bench_presets_smoke():
 
 
 def test_bench_pipeline_smoke():
-    """The node's own time per set, this tree only, on the `turbo` grid: every case, its stages
-    and outputs, and the table generator prints each case with its time."""
+    """The node's own time per set on the `turbo` grid, this tree against its last commit as
+    the host stage runs both (one torch thread): every case, its stages and outputs, and the
+    table generator prints each case with its time."""
     r = run('bench/bench_pipeline.py', '--setting', 'turbo', '--sets', '2', '--warmup', '1',
-            '--rev', 'none')
-    assert r['benchmark'] == 'pipeline_own_time' and set(r['sides']) == {'current'}
+            '--rev', 'HEAD', '--rev-torch-threads', '1')
+    assert r['benchmark'] == 'pipeline_own_time' and set(r['sides']) == {'current', 'HEAD'}
+    assert r['sides']['HEAD']['torch_threads'] == 1
     side = r['sides']['current']
     assert side['grid'] == [320, 320] and side['torch_threads'] == 1
     cases = {k: v for k, v in side.items() if isinstance(v, dict)}

@@ -195,6 +195,15 @@ def test_sampson_jacobian_is_the_derivative_of_the_residual():
     np.testing.assert_allclose(J, numeric, rtol=1e-6, atol=1e-6 * np.abs(J).max())
 
 
+@pytest.mark.parametrize('t', [T_TRUE, [0.0, 0.0, 1.0], [0.0, -1.0, 0.0], [1.0, 1e-9, -1e-9],
+                               [0.3, -0.3, 0.3]])
+def test_tangent_basis_is_orthonormal_and_orthogonal_to_t(t):
+    t = np.asarray(t, np.float64) / np.linalg.norm(t)
+    basis = _tangent_basis(t)
+    frame = np.c_[basis, t]           # with t, a rotation: orthonormal, determinant +-1
+    np.testing.assert_allclose(frame.T @ frame, np.eye(3), atol=1e-12)
+
+
 @pytest.mark.parametrize('t', [T_TRUE, -T_TRUE, [0.0, 0.0, 0.4], [0.02, 0.0, -0.4]])
 def test_decomposition_agrees_with_recover_pose(t):
     """The cheirality choice among E's four decompositions equals cv2.recoverPose's, for a
