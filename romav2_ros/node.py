@@ -26,13 +26,13 @@ sets are dropped there and nowhere else). Two stage threads then run
 :class:`~romav2_ros.pipeline.MatchingPipeline`: the **model stage** (thread ``romav2_model``)
 builds and warms up the matcher, then for each set decodes, matches and starts its products on
 the device; it hands the set to the **host stage** (``romav2_host``) through a queue of
-:data:`HANDOFF_DEPTH` sets, and takes its next set only when that queue has room (so a set
+:data:`~romav2_ros.stages.HANDOFF_DEPTH` sets, and takes its next set only when that queue has room (so a set
 whose model work is done is always delivered, and while the host stage is the slower one the
 model works on the freshest set). The host stage poses, builds and publishes the messages, in
 arrival order. So the model runs on set n+1 while set n is posed and published. Outputs are
 computed only for topics with subscribers and ``publish_<key>`` true; each set is processed
 with one snapshot of the runtime parameters. Each configuration has its own stage threads and
-queues (:class:`Stages`), which a cleanup stops and joins. The executor
+queues (:class:`~romav2_ros.stages.Stages`), which a cleanup stops and joins. The executor
 (:class:`~romav2_ros.executor.InputFirstExecutor`) runs the input callbacks on its spinning
 thread and everything else on a pool of :data:`EXECUTOR_THREADS` threads; the lifecycle
 services have their own callback group, so parameter and lifecycle services answer while the
@@ -53,7 +53,6 @@ import faulthandler
 import gc
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -76,13 +75,11 @@ from romav2_ros.executor import InlineCallbackGroup, InputFirstExecutor, watch_f
 from romav2_ros.pipeline import TF, VIZ_OUTPUTS, Inferred, InputError, MatchingPipeline, \
     mode_outputs
 from romav2_ros import sync as synchronizers
+from romav2_ros.stages import LatestQueue, Stages
 from romav2_ros.sync import Subscriber
 
 #: Seconds between repeated log lines of the same bad-input reason.
 LOG_REPEAT_S = 30.0
-#: Sets between the model stage and the host stage: one waiting while one is posted (more only
-#: adds latency: the model stage never waits unless the host stage is the slower one).
-HANDOFF_DEPTH = 1
 #: Seconds a cleanup waits for the stage threads (a model call on a CPU can take that long).
 JOIN_TIMEOUT_S = 60.0
 #: Executor pool threads: parameter and lifecycle services, timers (the 1 Hz diagnostics); the
@@ -99,130 +96,6 @@ NODE_NAME = 'romav2_node'
 
 class StartupError(RuntimeError):
     """The node cannot start; the message says what to do."""
-
-
-class LatestQueue:
-    """A queue holding at most one item: ``put`` replaces (drops) an unconsumed one."""
-
-    def __init__(self):
-        self._item = None
-        self._cond = threading.Condition()
-
-    def put(self, item) -> bool:
-        """Store ``item``; True when it replaced an item that was never taken."""
-        with self._cond:
-            dropped = self._item is not None
-            self._item = item
-            self._cond.notify()
-            return dropped
-
-    def get(self, timeout: float):
-        """The item, or None after ``timeout`` seconds."""
-        with self._cond:
-            if self._item is None:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
-
-    def __len__(self) -> int:
-        return int(self._item is not None)
-
-
-class Stages:
-    """One configuration's stage threads and queues (see the module docstring): the model
-    stage builds the pipeline and feeds the host stage; neither is ever shared with another
-    configuration, so a thread still finishing a model call after its cleanup cannot touch
-    the next configuration's sets."""
-
-    def __init__(self, core: 'MatchingNodeCore'):
-        self.core = core
-        self.inputs = LatestQueue()
-        self.handoff: queue.Queue = queue.Queue(HANDOFF_DEPTH)
-        self.stop = threading.Event()
-        self.ready = threading.Event()
-        self.failure: BaseException | None = None
-        self.pipeline: MatchingPipeline | None = None
-        self.reset_requested = threading.Event()
-        self.threads = [threading.Thread(target=self._model_stage, name='romav2_model',
-                                         daemon=True),
-                        threading.Thread(target=self._host_stage, name='romav2_host',
-                                         daemon=True)]
-
-    def start(self) -> None:
-        """Start both threads and wait until the pipeline is built; StartupError."""
-        for t in self.threads:
-            t.start()
-        self.ready.wait()
-        if self.failure is not None:
-            self.close(JOIN_TIMEOUT_S)
-            raise StartupError(_explain(self.failure, self.core.values)) from self.failure
-
-    def _model_stage(self) -> None:
-        try:
-            self.pipeline = self.core._build_pipeline()
-        except BaseException as exc:  # noqa: BLE001 - reported by start() to the caller
-            self.failure = exc
-            self.stop.set()
-            return
-        finally:
-            self.ready.set()
-        generation = self.core._generation
-        while not self.stop.is_set():
-            if not self._room_for_next(timeout=0.1):
-                continue
-            item = self.inputs.get(timeout=0.1)
-            if generation != self.core._generation or self.reset_requested.is_set():
-                generation = self.core._generation   # re-activated, or a fault: start afresh
-                self.reset_requested.clear()
-                self.pipeline.reset()
-            if item is not None:
-                self.core._model_step(self, item)
-
-    def _host_stage(self) -> None:
-        # The host stage's tensor work (the products, when the device is the CPU) is a few
-        # passes over an image each: one thread, not competing with the model stage's.
-        torch.set_num_threads(1)
-        while not (self.stop.is_set() and self.handoff.empty()):
-            try:
-                item = self.handoff.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            self.core._host_step(self, item)
-
-    def _room_for_next(self, timeout: float) -> bool:
-        """Wait until the host stage's queue has room. While the host stage is the slower
-        one, the model stage takes its next set only then: the freshest set (the latest-only
-        input queue keeps replacing it meanwhile), not one that would wait for the host behind
-        a finished set (a host period less latency, the same rate)."""
-        handoff = self.handoff
-        with handoff.not_full:
-            return handoff.not_full.wait_for(lambda: len(handoff.queue) < handoff.maxsize,
-                                             timeout)
-
-    def hand_over(self, item) -> bool:
-        """Queue a set for the host stage, waiting while the queue is full; False when the
-        stages stop meanwhile."""
-        while not self.stop.is_set():
-            try:
-                self.handoff.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def close(self, timeout: float) -> bool:
-        """Stop and join both threads; False when one is still busy after ``timeout`` s (it
-        publishes nothing more and ends after its current call)."""
-        self.stop.set()
-        deadline = time.monotonic() + timeout
-        for t in self.threads:
-            if t.is_alive():
-                t.join(max(deadline - time.monotonic(), 0.0))
-        return not any(t.is_alive() for t in self.threads)
-
-    @property
-    def alive(self) -> bool:
-        return any(t.is_alive() for t in self.threads)
 
 
 class MatchingNodeCore:
@@ -274,10 +147,13 @@ class MatchingNodeCore:
         self._mounts = static_tf.camera_mounts(self.values, node=self)
         self._stages = Stages(self)        # a cleanup meanwhile (SIGINT) stops it too
         try:
-            self._stages.start()
+            failure = self._stages.start(JOIN_TIMEOUT_S)
         except BaseException:
             self._stages = None
             raise
+        if failure is not None:
+            self._stages = None
+            raise StartupError(_explain(failure, self.values)) from failure
         self._open_topics()
         self.get_logger().info(f'configured (inactive): mode={self.mode}')
 

@@ -11,7 +11,8 @@ import time
 
 from romav2_ros import params
 from romav2_ros.diagnostics import Diagnostics
-from romav2_ros.node import MatchingNodeCore, Stages
+from romav2_ros.node import MatchingNodeCore
+from romav2_ros.stages import Stages
 
 
 class RecordingLogger:
