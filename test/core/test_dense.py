@@ -9,8 +9,9 @@ held border), converted to the grid's normalised coordinates by the definitions,
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from romav2_core.dense import PairGrid
+from romav2_core.dense import PairGrid, upsample
 from romav2_core.products import DENSE_KEYS, dense_maps
 
 HO, WO = 160, 160
@@ -86,3 +87,20 @@ def test_grid_cells_are_cell_centres_and_their_warps():
     np.testing.assert_allclose(cell[2:], [0.7, 9.0, 0.625, 0.5625], rtol=1e-5)
     inside = (xb >= -0.5) & (xb <= 799.5) & (yb >= -0.5) & (yb <= 399.5)
     np.testing.assert_array_equal(g.valid.numpy().ravel(), inside)
+
+
+@pytest.mark.parametrize('grid_hw, hw, channels', [((24, 40), (30, 36), 4),   # up H, down W
+                                                  ((40, 40), (30, 40), 2),   # H only (VGA)
+                                                  ((17, 9), (17, 23), 1),    # W only
+                                                  ((8, 12), (8, 12), 3)])    # no change
+def test_upsample_is_torchs_bilinear_interpolation(grid_hw, hw, channels):
+    """Against ``F.interpolate`` (bilinear, align_corners=False) on the channels-first field;
+    float32 with the same taps, one lerp per axis instead of a weighted sum: a few ulps."""
+    field = torch.randn(*grid_hw, channels, generator=torch.Generator().manual_seed(3))
+    got = upsample(field, hw)
+    want = F.interpolate(field.permute(2, 0, 1)[None], size=hw, mode='bilinear',
+                         align_corners=False)[0]
+    assert got.shape == (channels, *hw)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got.fill_(0.0)                         # a new tensor, never a view of the model's output
+    assert field.abs().sum() > 0
