@@ -252,24 +252,24 @@ def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b
                              sigma_d[mask], fT, K_b)
         return problem.refine(R, t, rho0[mask], tol, robust)
 
-    seeded_by, near = 'ransac', None
+    band = SELECTION_BAND * ransac_threshold_px
+    seeded_by = 'ransac'
     if prior is not None:
         R, t = (np.asarray(a, np.float64) for a in prior)
-        near = reprojection_px(R, t, rho0) < SELECTION_BAND * ransac_threshold_px
+        near = reprojection_px(R, t, rho0) < band
         if near.sum() >= max(MIN_POINTS, PRIOR_MIN_SHARE * n):
             # a robust fit from the prediction first: the Cauchy scale of the fit below comes
             # from its starting model's residuals, which a prediction's error would inflate
             R, t, _, _, _ = fit(near, R, t, GN_COARSE_DECREMENT_TOL, robust=True)
-            near = reprojection_px(R, t, rho0) < SELECTION_BAND * ransac_threshold_px
-            seeded_by, inliers = 'prediction', near
-        else:
-            near = None
-    if near is None:
+            seeded_by = 'prediction'
+    if seeded_by == 'ransac':
         found = _ransac_pnp(X, points_b, K_b, ransac_threshold_px, confidence, max_iters)
         if found is None or found[2].sum() < MIN_POINTS:
             return None
         R, t, inliers = found
-        near = reprojection_px(R, t, rho0) < SELECTION_BAND * ransac_threshold_px
+    near = reprojection_px(R, t, rho0) < band
+    if seeded_by == 'prediction':
+        inliers = near
 
     # A robust fit on the matches near the initial model (SELECTION_BAND) good enough to
     # re-select the inliers, then the least-squares fit on those (the local-optimisation step

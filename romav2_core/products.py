@@ -21,7 +21,7 @@ the host in one copy and the host only wraps them:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import torch
@@ -145,17 +145,14 @@ def metric_usable(stereo_grid: PairGrid, temporal: PairGrid, stereo: RectifiedSt
 
 
 def sample_matches(grid: PairGrid, num: int, generator: torch.Generator,
-                   usable: Union[Tensor, UsableAt, None] = None,
+                   usable: Optional[UsableAt] = None,
                    stereo: Optional[tuple] = None) -> dict[str, Tensor]:
-    """``num`` balanced matches among the ``usable`` cells (an ``[H_o x W_o]`` mask or a
-    ``sampling.UsableAt`` of flat indices; default: the valid ones):
+    """``num`` balanced matches among the ``usable`` cells (a ``sampling.UsableAt`` of flat
+    indices of the grid; default: the valid ones):
     ``samples [n x C]`` (:data:`SAMPLE_COLUMNS`, or :data:`STEREO_SAMPLE_COLUMNS` with
     ``stereo = (stereo pair's PairGrid, RectifiedStereo)``: the disparity and its variance of
     the same cells) and ``drawn [n]`` (False: no match left to draw)."""
-    if usable is None:
-        usable = grid.valid_at
-    elif isinstance(usable, Tensor):
-        usable = _mask_at(usable)
+    usable = grid.valid_at if usable is None else usable
     points_a = grid.points_a.reshape(-1, 2)
     idx, drawn = balanced_sample(points_a, grid.overlap.reshape(-1).float(), usable, num,
                                  grid.hw_a, generator)
@@ -165,15 +162,6 @@ def sample_matches(grid: PairGrid, num: int, generator: torch.Generator,
         match = stereo_grid.cells(idx)
         columns += [rig.disparity(columns[0][:, 0:1], match[:, 0:1]), match[:, 3:4]]
     return {'samples': torch.cat(columns, dim=1), 'drawn': drawn}
-
-
-def _mask_at(mask: Tensor) -> UsableAt:
-    """A ``[H_o x W_o]`` mask as the predicate of flat cell indices the sampler asks."""
-    flat = mask.reshape(-1)
-
-    def usable_at(index: Tensor) -> Tensor:
-        return flat.index_select(0, index)
-    return usable_at
 
 
 def health(grid: PairGrid) -> Tensor:

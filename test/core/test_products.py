@@ -189,9 +189,15 @@ def test_tracking_shares_are_the_valid_shares_and_median_flow():
     assert np.isnan(tracking_shares(g, None)[1:].numpy()).all()
 
 
+def mask_at(mask):
+    """An ``[H_o x W_o]`` mask as the sampler's predicate of flat cell indices."""
+    flat = torch.as_tensor(mask).reshape(-1)
+    return lambda index: flat[index]
+
+
 def draw(g, num, seed, usable=None):
     gen = torch.Generator().manual_seed(seed)
-    out = sample_matches(g, num, gen, usable)
+    out = sample_matches(g, num, gen, None if usable is None else mask_at(usable))
     return out, Samples.from_host(out['samples'].numpy(), out['drawn'].numpy())
 
 
@@ -273,8 +279,7 @@ def test_sampling_draws_as_the_host_sampler_did(ho, wo, num, unusable):
     blocks = (np.arange(ho)[:, None] // 8 * (wo // 8) + np.arange(wo)[None] // 8).ravel()
     counts = np.zeros((2, blocks.max() + 1))
     for seed in range(300):
-        out = sample_matches(g, num, torch.Generator().manual_seed(seed),
-                             torch.as_tensor(usable))
+        out = sample_matches(g, num, torch.Generator().manual_seed(seed), mask_at(usable))
         s = Samples.from_host(out['samples'].numpy(), out['drawn'].numpy())
         cells = np.rint((s.points_a[:, 1] + 0.5) / 3 - 0.5).astype(int) * wo + \
             np.rint((s.points_a[:, 0] + 0.5) / 4 - 0.5).astype(int)
