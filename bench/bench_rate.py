@@ -14,7 +14,8 @@ Three processes on loopback, all with the Fast DDS large-image profile
 2. **the node**: the ``romav2_node`` console script with ``--params-file config/stereo.yaml``
    (``config/stereo_odometry.yaml`` for the odometry case), so its defaults are the user's
    (input QoS sensor_data, output QoS reliable depth 1, ...); only ``model_source`` differs
-   (and ``publish_tf`` for the TF case; ``setting``/``device``/``weights`` when given). The
+   (and ``publish_tf`` for the TF case; ``setting``/``device``/``weights``/``stage_nice`` when
+   given). The
    model is the TIMING STAND-IN (bench/timing_standin.py: the real model's output sizes, a
    chosen model time, ``--model-ms``) or the real model (``--model random`` / ``pretrained``).
 3. **subscriber** (``--role subscriber``): subscribes to the case's outputs (reliable, like the
@@ -378,8 +379,8 @@ def node_parameters(args, case: str) -> dict:
     params = {'model_source': STANDIN_SOURCE if args.model == 'standin' else args.model}
     if case == 'odometry_tf':
         params['publish_tf'] = True
-    for name in ('setting', 'device', 'weights'):
-        if getattr(args, name):
+    for name in ('setting', 'device', 'weights', 'stage_nice'):
+        if getattr(args, name) not in (None, ''):
             params[name] = getattr(args, name)
     if args.smoke and args.model != 'standin':   # a toy model size for CI's CPUs
         params.update(H_lr=64, W_lr=96, H_hr=-1, W_hr=-1)
@@ -523,6 +524,9 @@ def main() -> None:
                    help='the stand-in\'s model time per match call, ms')
     p.add_argument('--setting', default=None, help='node parameter (default: the params file\'s)')
     p.add_argument('--device', default=None, help='node parameter (default: the params file\'s)')
+    p.add_argument('--stage-nice', type=int, default=None,
+                   help='node parameter (default: the node\'s; 0: every stage thread at one '
+                        'priority)')
     p.add_argument('--weights', default=None, help='node parameter, with --model pretrained')
     p.add_argument('--tf2-msgs-dir', type=Path, default=None,
                    help='where tf2_msgs is built when it does not import (default: a '

@@ -1,9 +1,14 @@
 """The node's three modes as strategies over the pipeline's stages (``pipeline.py``).
 
-For one synchronised set a mode says, in arrival order:
+For one synchronised set a mode says:
 
-* :meth:`Mode.prepare` (model stage): decode the messages and choose the pairs to match
-  (role -> (A, B)), keeping what a sequence needs (the previous frame, the keyframe);
+* :meth:`Mode.decode` (the decode stage, any thread, no state): the messages as frames;
+
+and then, in arrival order:
+
+* :meth:`Mode.prepare` (model stage): choose the pairs to match (role -> (A, B)), keeping what
+  a sequence needs (the previous frame, the keyframe), or :meth:`Mode.refused` for a set whose
+  decoding failed;
 * :meth:`Mode.after_match` (model stage): what it learns from the match before any pose
   (stereo_odometry: the keyframe decision, ``romav2_core.tracking``);
 * :meth:`Mode.products` (on the model's device): the wanted products of the matched pairs
@@ -123,8 +128,17 @@ class Mode:
     def reset(self) -> None:
         """Forget the sequence: the next set starts afresh."""
 
-    def prepare(self, cfg, msgs: tuple, wanted: set, res) -> SetPlan:
+    def decode(self, cfg, msgs: tuple) -> tuple[Frame, ...]:
+        """The set's frames (stereo: left, right; sequential: the image); InputError for bad
+        input. Stateless: called off the model stage, for sets that may never reach it."""
+        return decode_stereo(cfg, msgs)
+
+    def prepare(self, cfg, frames: tuple, wanted: set, res) -> SetPlan:
         raise NotImplementedError
+
+    def refused(self, exc: InputError) -> None:
+        """A set whose decoding failed, in its place in the arrival order (nothing by
+        default)."""
 
     def after_match(self, cfg, plan: SetPlan, res) -> None:
         """The model stage's last word on a matched set (nothing by default)."""
@@ -326,8 +340,8 @@ class StereoMode(PairMode):
 
     role = 'stereo'
 
-    def prepare(self, cfg, msgs, wanted, res) -> SetPlan:
-        a, b = decode_stereo(cfg, msgs)
+    def prepare(self, cfg, frames, wanted, res) -> SetPlan:
+        a, b = frames
         rig = stereo_rig(cfg, a, b, res, bool(wanted & STEREO_OUTPUTS))
         return SetPlan((a, b), {'stereo': (a, b)}, rig=rig)
 
@@ -347,9 +361,12 @@ class SequentialMode(PairMode):
         self._prev = None
         self._stamps.reset()
 
-    def prepare(self, cfg, msgs, wanted, res) -> SetPlan:
+    def decode(self, cfg, msgs) -> tuple[Frame]:
         image, info = msgs
-        a = decode(image, info, cfg.max_image_pixels)
+        return (decode(image, info, cfg.max_image_pixels),)
+
+    def prepare(self, cfg, frames, wanted, res) -> SetPlan:
+        a, = frames
         try:
             restarted = self._stamps.check(cfg, a.stamp_ns, res)
         except InputError:
@@ -382,15 +399,15 @@ class StereoOdometryMode(Mode):
         self._stamps.reset()
         self.selector.reset('restart')
 
-    def prepare(self, cfg, msgs, wanted, res) -> SetPlan:
+    def refused(self, exc: InputError) -> None:
+        self.selector.lost_frame()              # the next frame tries the keyframe again
+
+    def prepare(self, cfg, frames, wanted, res) -> SetPlan:
+        a, b = frames
         try:
-            a, b = decode_stereo(cfg, msgs)
             restarted = self._stamps.check(cfg, a.stamp_ns, res)
-        except InputError as exc:
-            if exc.code == 'stamp_out_of_order':
-                self.selector.reset('stamp out of order')
-            else:
-                self.selector.lost_frame()      # the next frame tries the keyframe again
+        except InputError:                      # stamp_out_of_order
+            self.selector.reset('stamp out of order')
             raise
         if restarted == 'jump':
             self.selector.reset('stamp jump')

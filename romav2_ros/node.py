@@ -21,17 +21,20 @@ shutdown        from any state: as cleanup, then the node is finalized.
 ==============  =====================================================================
 
 Threading: subscription and synchroniser callbacks only put the latest synchronised set into a
-drop-oldest queue of size 1 (a newer set replaces an unprocessed one; counted as ``dropped``:
-sets are dropped there and nowhere else). Two stage threads then run
-:class:`~romav2_ros.pipeline.MatchingPipeline`: the **model stage** (thread ``romav2_model``)
-builds and warms up the matcher, then for each set decodes, matches and starts its products on
-the device; it hands the set to the **host stage** (``romav2_host``) through a queue of
-:data:`~romav2_ros.stages.HANDOFF_DEPTH` sets, and takes its next set only when that queue has room (so a set
-whose model work is done is always delivered, and while the host stage is the slower one the
-model works on the freshest set). The host stage poses, builds and publishes the messages, in
-arrival order. So the model runs on set n+1 while set n is posed and published. Outputs are
-computed only for topics with subscribers and ``publish_<key>`` true; each set is processed
-with one snapshot of the runtime parameters. Each configuration has its own stage threads and
+drop-oldest queue of size 1 (a newer set replaces an unprocessed one; counted as ``dropped``).
+Three stage threads then run :class:`~romav2_ros.pipeline.MatchingPipeline`: the **decode
+stage** (``romav2_decode``) decodes each set with the parameters of that moment (nothing while
+no output has a subscriber) into a second drop-oldest queue of size 1 (``dropped`` too: sets
+are dropped in these two queues, before the model, and nowhere else); the **model stage**
+(``romav2_model``) builds and warms up the matcher, then for each decoded set matches and
+starts its products on the device; it hands the set to the **host stage** (``romav2_host``)
+through a queue of :data:`~romav2_ros.stages.HANDOFF_DEPTH` sets, and takes its next set only
+when that queue has room (so a set whose model work is done is always delivered, and while
+the host stage is the slower one the model works on the freshest set). The host stage poses,
+builds and publishes the messages, in arrival order. So set n+2 is decoded and the model runs
+on set n+1 while set n is posed and published. Outputs are computed only for topics with
+subscribers and ``publish_<key>`` true; each set is processed with one snapshot of the runtime
+parameters, taken when it is decoded. Each configuration has its own stage threads and
 queues (:class:`~romav2_ros.stages.Stages`), which a cleanup stops and joins. The executor
 (:class:`~romav2_ros.executor.InputFirstExecutor`) runs the input callbacks on its spinning
 thread and everything else on a pool of :data:`EXECUTOR_THREADS` threads; the lifecycle
@@ -72,10 +75,10 @@ from romav2_ros import matchers, messages, params, static_tf
 from romav2_ros.bond import ManagedNodeBond
 from romav2_ros.diagnostics import Diagnostics
 from romav2_ros.executor import InlineCallbackGroup, InputFirstExecutor, watch_for_shutdown
-from romav2_ros.pipeline import TF, VIZ_OUTPUTS, Inferred, InputError, MatchingPipeline, \
-    mode_outputs
+from romav2_ros.pipeline import TF, VIZ_OUTPUTS, Decoded, Inferred, InputError, \
+    MatchingPipeline, mode_outputs
 from romav2_ros import sync as synchronizers
-from romav2_ros.stages import LatestQueue, Stages
+from romav2_ros.stages import Stages
 from romav2_ros.sync import Subscriber
 
 #: Seconds between repeated log lines of the same bad-input reason.
@@ -135,11 +138,6 @@ class MatchingNodeCore:
     def pipeline(self) -> MatchingPipeline | None:
         return None if self._stages is None else self._stages.pipeline
 
-    @property
-    def queue(self) -> LatestQueue | None:
-        """The input queue (sets waiting for the model stage)."""
-        return None if self._stages is None else self._stages.inputs
-
     # ------------------------------------------------------------------ transitions
     def _configure(self) -> None:
         """Matcher (on the model stage's thread), publishers, diagnostics, subscriptions.
@@ -182,8 +180,10 @@ class MatchingNodeCore:
 
     def _deactivate(self) -> None:
         self._active = False
-        if self.queue is not None and self.queue.get(0.0) is not None:
-            self.diagnostics.count('ignored_inactive')
+        if self._stages is not None:
+            for waiting in (self._stages.inputs, self._stages.decoded):
+                if waiting.get(0.0) is not None:
+                    self.diagnostics.count('ignored_inactive')
         self.diagnostics.state = 'inactive'
 
     def _cleanup(self) -> None:
@@ -303,17 +303,26 @@ class MatchingNodeCore:
             matchers.warm_up(matcher, self.device, self.mode)
         return MatchingPipeline(matcher, params.pipeline_config(self.values), self._mounts)
 
-    def _model_step(self, stages: Stages, msgs) -> None:
-        """Model stage, one synchronised set; never raises (the thread must survive)."""
+    def _decode_step(self, stages: Stages, msgs) -> None:
+        """Decode stage, one synchronised set (skipped while nobody listens); never raises."""
         try:
             self.diagnostics.gauge('queue_depth', len(stages.inputs))
+            if not self._listened():
+                self._skip(stages)
+                return
+            if stages.decoded.put(stages.pipeline.decode(msgs)):
+                self.diagnostics.count('dropped')
+        except Exception as exc:  # noqa: BLE001
+            self._fault(stages, exc)
+
+    def _model_step(self, stages: Stages, decoded: Decoded) -> None:
+        """Model stage, one decoded set; never raises (the thread must survive)."""
+        try:
             wanted = self._wanted()
             if not wanted:
-                # Lazy: nobody listens. A sequence restarts when someone subscribes again.
-                self.diagnostics.count('skipped')
-                stages.pipeline.reset()
+                self._skip(stages)
                 return
-            out = stages.pipeline.infer([msgs], wanted)[0]
+            out = stages.pipeline.infer([decoded], wanted)[0]
             if isinstance(out, InputError):
                 self._report(out.code, out.message)
                 return
@@ -324,6 +333,11 @@ class MatchingNodeCore:
             stages.pipeline.reset()            # this thread owns the sequence: at once
             self._fault(stages, exc)
 
+    def _skip(self, stages: Stages) -> None:
+        """Lazy: nobody listens. A sequence restarts when someone subscribes again."""
+        self.diagnostics.count('skipped')
+        stages.reset_requested.set()
+
     def _host_step(self, stages: Stages, item: Inferred) -> None:
         """Host stage, one set from the model stage; never raises."""
         try:
@@ -333,11 +347,18 @@ class MatchingNodeCore:
             self.diagnostics.count('lost_after_model')
             self._fault(stages, exc)
 
-    def _wanted(self) -> set:
-        wanted = {k for k, pub in self.pubs.items()
-                  if self.values[f'publish_{k}'] and pub.get_subscription_count() > 0}
+    def _listened(self) -> set:
+        """The outputs to publish: with subscribers and ``publish_<key>`` true."""
+        listened = {k for k, pub in self.pubs.items()
+                    if self.values[f'publish_{k}'] and pub.get_subscription_count() > 0}
         if self._tf_pub is not None:   # TF listeners come and go: broadcast always
-            wanted.add(TF)
+            listened.add(TF)
+        return listened
+
+    def _wanted(self) -> set:
+        """The outputs of the set the model stage takes now: the listened ones, the
+        pictures at most ``viz_rate`` times a second."""
+        wanted = self._listened()
         rate = self.values['viz_rate']
         if wanted & set(VIZ_OUTPUTS):
             now = time.monotonic()

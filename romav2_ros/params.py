@@ -67,6 +67,9 @@ PARAMS: tuple[Param, ...] = (
                                         'registered matcher or package.module:factory'),
     Param('random_seed', 0, 'seed of model_source:=random', range=(0, 2 ** 31 - 1)),
     Param('warmup', True, 'run one dummy pair at startup (compilation, cuDNN autotune)'),
+    Param('stage_nice', 5, 'nice levels the decode and host stage threads run below the model '
+                           'stage (Linux), so the model gets a core as soon as the GPU is done; '
+                           '0 = one priority', range=(0, 19)),
     # --- inputs
     Param('approximate_sync', False, 'approximate instead of exact stamp synchronisation'),
     Param('sync_slop', 0.01, 'approximate sync: largest stamp difference in a set',

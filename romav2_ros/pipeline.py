@@ -1,11 +1,14 @@
 """From synchronised input messages to output messages: shared by the node and the bag replay.
 
 No rclpy node lives here: messages in, messages out. The caller says which outputs it wants
-(the node: topics with subscribers), and only those are computed. Two stages, so that a node
-can run the model on set n+1 while set n is posed and published:
+(the node: topics with subscribers), and only those are computed. Three stages, so that a node
+can decode set n+2 and run the model on set n+1 while set n is posed and published:
 
-1. :meth:`MatchingPipeline.infer` (the **model stage**, in arrival order): decode
-   (``frames.py``), pair (the mode, ``modes.py``), encode and match (the matcher, batched),
+0. :meth:`MatchingPipeline.decode` (the **decode stage**, any thread, no sequence state): the
+   messages as frames (``frames.py``) with the set's parameter snapshot, or the InputError
+   that refuses them.
+1. :meth:`MatchingPipeline.infer` (the **model stage**, in arrival order): pair (the mode,
+   ``modes.py``), encode and match (the matcher, batched),
    then the wanted products on the model's device (``romav2_core.products``: upsampling,
    validity, disparity, depth, points in the message layout, sampled matches), started on
    their way to the host in one copy (``romav2_core.transfer.HostStaging``). On CUDA this
@@ -43,7 +46,8 @@ from romav2_ros.image_conversion import MAX_IMAGE_PIXELS, InputError
 from romav2_ros.modes import (MODE_CLASSES, STEREO_OUTPUTS, TF, VIZ_OUTPUTS, HostProducts,
                               SetPlan)
 
-__all__ = ['InputError', 'PipelineConfig', 'PipelineResult', 'MatchingPipeline', 'Inferred',
+__all__ = ['InputError', 'PipelineConfig', 'PipelineResult', 'MatchingPipeline', 'Decoded',
+           'Inferred',
            'OUTPUTS', 'MODES', 'VIZ_OUTPUTS', 'mode_outputs', 'TF']
 
 MODES = tuple(MODE_CLASSES)
@@ -143,6 +147,17 @@ class Products:
             self._staged.release()
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A set after the decode stage: the parameter snapshot it is processed with, its frames
+    (the mode's :meth:`~romav2_ros.modes.Mode.decode`) or the InputError that refused them,
+    and the decoding's host time, s."""
+
+    cfg: PipelineConfig
+    frames: tuple | InputError
+    seconds: float
+
+
 @dataclass
 class Inferred:
     """A set after the model stage: its config snapshot and wanted outputs, its result so far
@@ -195,24 +210,40 @@ class MatchingPipeline:
 
     def _both(self, sets: list, wanted: set) -> list:
         return [self.finish(x) if isinstance(x, Inferred) else x
-                for x in self.infer(sets, wanted)]
+                for x in self.infer([self.decode(msgs) for msgs in sets], wanted)]
+
+    # ---------------------------------------------------------------- the decode stage
+    def decode(self, msgs: tuple) -> Decoded:
+        """One synchronised set's frames, with the parameters of this moment (never
+        raises InputError: a refused set keeps its place in the order, see :meth:`infer`)."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        try:
+            frames = self.mode.decode(cfg, msgs)
+        except InputError as exc:
+            frames = exc
+        return Decoded(cfg, frames, time.perf_counter() - t0)
 
     # ---------------------------------------------------------------- the model stage
-    def infer(self, sets: list, wanted: set) -> list:
-        """The model stage of several sets (one batch when the mode allows, else one at a
-        time): per set an :class:`Inferred`, or the InputError that refused it."""
+    def infer(self, sets: list[Decoded], wanted: set) -> list:
+        """The model stage of several decoded sets, in arrival order (one batch when the
+        mode allows, else one at a time): per set an :class:`Inferred`, or the InputError
+        that refused it."""
         if not self.mode.batchable and len(sets) > 1:
-            return [out for msgs in sets for out in self.infer([msgs], wanted)]
+            return [out for one in sets for out in self.infer([one], wanted)]
         outcomes, matched = [], []
-        for msgs in sets:
-            cfg, res = self.config, PipelineResult()
-            t0 = time.perf_counter()
+        for decoded in sets:
+            cfg, res = decoded.cfg, PipelineResult()
+            if isinstance(decoded.frames, InputError):
+                self.mode.refused(decoded.frames)
+                outcomes.append(decoded.frames)
+                continue
             try:
-                plan = self.mode.prepare(cfg, msgs, wanted, res)
+                plan = self.mode.prepare(cfg, decoded.frames, wanted, res)
             except InputError as exc:
                 outcomes.append(exc)
                 continue
-            res.timings['decode'] = time.perf_counter() - t0
+            res.timings['decode'] = decoded.seconds
             item = Inferred(cfg, set(wanted), res, plan)
             outcomes.append(item)
             res.paired = bool(plan.pairs)

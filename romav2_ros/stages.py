@@ -1,13 +1,22 @@
-"""The node's two stage threads and their queues (``romav2_ros/node.py`` tells the whole
-threading story): the latest-only input queue, the **model stage** (builds the pipeline, then
-decodes, matches and starts each set's products on the device) and the **host stage** (poses,
-messages, publishing), joined by a queue of :data:`HANDOFF_DEPTH` sets. The work of each step
-is the node's (``MatchingNodeCore._model_step`` / ``_host_step``); this module only moves sets
-between threads, in order, and stops them.
+"""The node's three stage threads and their queues (``romav2_ros/node.py`` tells the whole
+threading story): the latest-only input queue, the **decode stage** (each set's frames and
+parameter snapshot, while the model works on the set before), a latest-only queue of decoded
+sets, the **model stage** (builds the pipeline, then matches and starts each set's products on
+the device) and the **host stage** (poses, messages, publishing), joined by a queue of
+:data:`HANDOFF_DEPTH` sets. The work of each step is the node's
+(``MatchingNodeCore._decode_step`` / ``_model_step`` / ``_host_step``); this module only moves
+sets between threads, in order, and stops them.
+
+The decode and host stages run ``stage_nice`` nice levels below the model stage (Linux; a
+thread may always lower its own priority): on a loaded machine the model stage, which feeds
+the GPU and is the node's rate, gets a core as soon as its wait for the device ends, instead
+of queueing behind the host stage's work for a scheduler slice.
 """
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -52,26 +61,27 @@ class LatestQueue:
 
 class Stages:
     """One configuration's stage threads and queues (see the module docstring): the model
-    stage builds the pipeline and feeds the host stage; neither is ever shared with another
-    configuration, so a thread still finishing a model call after its cleanup cannot touch
-    the next configuration's sets."""
+    stage builds the pipeline, takes the decode stage's sets and feeds the host stage; none
+    is ever shared with another configuration, so a thread still finishing a model call
+    after its cleanup cannot touch the next configuration's sets."""
 
     def __init__(self, core: 'romav2_ros.node.MatchingNodeCore'):
         self.core = core
         self.inputs = LatestQueue()
+        self.decoded = LatestQueue()
         self.handoff: queue.Queue = queue.Queue(HANDOFF_DEPTH)
         self.stop = threading.Event()
         self.ready = threading.Event()
         self.failure: BaseException | None = None
         self.pipeline: MatchingPipeline | None = None
         self.reset_requested = threading.Event()
-        self.threads = [threading.Thread(target=self._model_stage, name='romav2_model',
-                                         daemon=True),
-                        threading.Thread(target=self._host_stage, name='romav2_host',
-                                         daemon=True)]
+        self.threads = [threading.Thread(target=target, name=name, daemon=True)
+                        for target, name in ((self._decode_stage, 'romav2_decode'),
+                                             (self._model_stage, 'romav2_model'),
+                                             (self._host_stage, 'romav2_host'))]
 
     def start(self, join_timeout: float) -> BaseException | None:
-        """Start both threads and wait until the pipeline is built: None, or the error that
+        """Start the threads and wait until the pipeline is built: None, or the error that
         stopped the build (the threads are then closed, waiting up to ``join_timeout`` s)."""
         for t in self.threads:
             t.start()
@@ -79,6 +89,14 @@ class Stages:
         if self.failure is not None:
             self.close(join_timeout)
         return self.failure
+
+    def _decode_stage(self) -> None:
+        lower_priority(self.core.values['stage_nice'])
+        self.ready.wait()
+        while not self.stop.is_set():
+            item = self.inputs.get(timeout=0.1)
+            if item is not None:
+                self.core._decode_step(self, item)
 
     def _model_stage(self) -> None:
         try:
@@ -93,7 +111,7 @@ class Stages:
         while not self.stop.is_set():
             if not self._room_for_next(timeout=0.1):
                 continue
-            item = self.inputs.get(timeout=0.1)
+            item = self.decoded.get(timeout=0.1)
             if generation != self.core._generation or self.reset_requested.is_set():
                 generation = self.core._generation   # re-activated, or a fault: start afresh
                 self.reset_requested.clear()
@@ -105,6 +123,7 @@ class Stages:
         # The host stage's tensor work (the products, when the device is the CPU) is a few
         # passes over an image each: one thread, not competing with the model stage's.
         torch.set_num_threads(1)
+        lower_priority(self.core.values['stage_nice'])
         while not (self.stop.is_set() and self.handoff.empty()):
             try:
                 item = self.handoff.get(timeout=0.1)
@@ -134,7 +153,7 @@ class Stages:
         return False
 
     def close(self, timeout: float) -> bool:
-        """Stop and join both threads; False when one is still busy after ``timeout`` s (it
+        """Stop and join the threads; False when one is still busy after ``timeout`` s (it
         publishes nothing more and ends after its current call)."""
         self.stop.set()
         deadline = time.monotonic() + timeout
@@ -146,3 +165,11 @@ class Stages:
     @property
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
+
+
+def lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux, where it is per thread; on
+    other systems the threads keep the process's priority)."""
+    if nice and sys.platform.startswith('linux'):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))

@@ -57,13 +57,23 @@ class InProcessNode(MatchingNodeCore):
         self.device = device
         self.logger = RecordingLogger()
         self.wanted = set(wanted)
+        self.synchronized = 0          # sets given to the node's input callback
+        self.taken = 0                 # sets the model stage took
 
     # ------------------------------------------------------------------ the rclpy seams
     def get_logger(self):
         return self.logger
 
-    def _wanted(self):
+    def _listened(self):
         return set(self.wanted)
+
+    def _on_synchronized(self, *msgs) -> None:
+        self.synchronized += 1
+        super()._on_synchronized(*msgs)
+
+    def _model_step(self, stages, decoded) -> None:
+        self.taken += 1
+        super()._model_step(stages, decoded)
 
     def _create_output_publisher(self, msg_type, topic, qos):
         return RecordingPublisher()
@@ -90,9 +100,12 @@ class InProcessNode(MatchingNodeCore):
         return self
 
     def wait_taken(self, timeout: float = 10.0) -> None:
-        """Wait until the model stage has taken the queued set."""
+        """Wait until the model stage has taken every set given so far (or the node
+        skipped or dropped it)."""
         deadline = time.monotonic() + timeout
-        while len(self.queue):
+        counts = self.diagnostics.counts
+        while self.taken + counts.get('skipped', 0) + counts.get('dropped', 0) + \
+                counts.get('ignored_inactive', 0) < self.synchronized:
             assert time.monotonic() < deadline, 'the model stage did not take the set'
             time.sleep(0.002)
 
@@ -110,11 +123,16 @@ class InProcessNode(MatchingNodeCore):
 
     def feed(self, *msgs) -> None:
         """One synchronised set through the node's path, on this thread: callback, queue,
-        the model stage's step, the hand-over, the host stage's step."""
+        the decode stage's step, queue, the model stage's step, the hand-over, the host
+        stage's step."""
         self._on_synchronized(*msgs)
         stages = self._stages
         item = stages.inputs.get(timeout=0)
         assert item is not None
+        self._decode_step(stages, item)
+        item = stages.decoded.get(timeout=0)
+        if item is None:                           # nobody listens: skipped
+            return
         if stages.reset_requested.is_set():        # what the model stage's loop does
             stages.reset_requested.clear()
             stages.pipeline.reset()

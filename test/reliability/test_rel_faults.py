@@ -176,7 +176,8 @@ def test_a_cleanup_that_cannot_wait_leaves_nothing_shared_with_the_next_configur
         node._configure()
         node._activate()
         new = node._stages
-        assert new.inputs is not old.inputs and new.handoff is not old.handoff
+        assert new.inputs is not old.inputs and new.decoded is not old.decoded and \
+            new.handoff is not old.handoff
         for k in range(1, 4):
             node._on_synchronized(*fm.stereo_set(k, t(k)))
             wait(lambda: node.diagnostics.counts['processed'] == k, timeout=20)

@@ -1,6 +1,9 @@
-"""The node's two stage threads, in-process (no DDS): the model stage works on set n+1 while
-the host stage posts set n, the order is kept, every set that went through the model is
-delivered, and while the host stage is the slower one the model takes the freshest set."""
+"""The node's stage threads, in-process (no DDS): the decode stage decodes set n+1 while the
+model works on set n, the model stage works on set n+1 while the host stage posts set n, the
+order is kept, every set that went through the model is delivered, and while the host stage is
+the slower one the model takes the freshest set."""
+import os
+import sys
 import threading
 import time
 
@@ -36,7 +39,7 @@ def recorded(monkeypatch):
         log['handoff_at_infer'].append(node_box['node']._stages.handoff.qsize())
         start = time.monotonic()
         out = infer(self, sets, wanted)
-        log['infer'].append((key(sets[0][0].header.stamp), start, time.monotonic()))
+        log['infer'].append((key(sets[0].frames[0].header.stamp), start, time.monotonic()))
         return out
 
     def slow_finish(self, item):
@@ -79,6 +82,44 @@ def test_the_model_stage_runs_set_n_plus_1_while_the_host_stage_posts_set_n(reco
         node.close()
 
 
+def test_the_decode_stage_decodes_set_n_plus_1_while_the_model_matches_set_n(recorded,
+                                                                           monkeypatch):
+    """Decoding takes 50 ms, the model 0.1 s, the host 0.1 s; a set is given whenever the
+    model starts the previous one: each set after the first is decoded on the decode stage's
+    thread while the model matches the set before (so the model's period is not the sum),
+    and every set is delivered in order."""
+    decoded = []
+    decode = MatchingPipeline.decode
+
+    def slow_decode(self, msgs):
+        start = time.monotonic()
+        time.sleep(0.05)
+        out = decode(self, msgs)
+        decoded.append((key(msgs[0].header.stamp), start, time.monotonic(),
+                        threading.current_thread().name))
+        return out
+    monkeypatch.setattr(MatchingPipeline, 'decode', slow_decode)
+    node = InProcessNode('stereo', model_source='fault_matchers:timed_shift').start()
+    recorded['node_box']['node'] = node
+    try:
+        for k in range(5):
+            node._on_synchronized(*fm.stereo_set(k, t(k)))
+            node.wait_taken()
+        deadline = time.monotonic() + 10
+        while len(node.outputs('warp')) < 5 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert [key(m.header.stamp) for m in node.outputs('warp')] == list(range(5))
+        assert {name for *_, name in decoded} == {'romav2_decode'}
+        infer = {k: (start, end) for k, start, end in recorded['infer']}
+        for k, start, end, _ in decoded[1:]:
+            model_start, model_end = infer[k - 1]
+            assert model_start <= start and end <= model_end, \
+                f'set {k} was decoded at {start:.3f}-{end:.3f}, outside the model call of ' \
+                f'set {k - 1} ({model_start:.3f}-{model_end:.3f})'
+    finally:
+        node.close()
+
+
 def test_while_the_host_stage_is_slower_the_model_takes_the_freshest_set(recorded):
     """Sets arrive every 10 ms, the model takes 0.1 s and the host 0.3 s: the model stage
     starts a set only when the host's queue has room (never with a finished set waiting
@@ -117,5 +158,29 @@ def test_while_the_host_stage_is_slower_the_model_takes_the_freshest_set(recorde
         stamps = [key(m.header.stamp) for m in node.outputs('warp')]
         assert stamps == sorted(stamps) and len(stamps) == node.diagnostics.counts['model_sets']
         assert node.diagnostics.counts['dropped'] > 0     # dropped before the model only
+    finally:
+        node.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='per-thread nice is Linux\'s')
+@pytest.mark.parametrize('nice', [None, 0, 3])
+def test_the_decode_and_host_stages_run_stage_nice_levels_below_the_model_stage(nice):
+    """``stage_nice`` (default 5): the decode and host stage threads' nice value is the
+    process's plus it, the model stage's the process's."""
+    overrides = {} if nice is None else {'stage_nice': nice}
+    node = InProcessNode('stereo', **overrides).start()
+    try:
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        step = 5 if nice is None else nice
+        expected = {'romav2_decode': base + step, 'romav2_model': base,
+                    'romav2_host': base + step}
+        deadline = time.monotonic() + 5      # each thread sets its own as it starts
+        while True:
+            got = {th.name: os.getpriority(os.PRIO_PROCESS, th.native_id)
+                   for th in node._stages.threads}
+            if got == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert got == expected
     finally:
         node.close()

@@ -23,8 +23,11 @@ def lifecycle_node(context, model_source):
         Parameter('model_source', value=model_source), Parameter('warmup', value=False)])
 
 
+STAGES = ['romav2_decode', 'romav2_host', 'romav2_model']
+
+
 def stage_threads():
-    return [t.name for t in threading.enumerate() if t.name in ('romav2_model', 'romav2_host')]
+    return [t.name for t in threading.enumerate() if t.name in STAGES]
 
 
 def call(client, request, timeout):
@@ -69,7 +72,7 @@ def test_lifecycle_and_parameter_services_answer_while_configure_builds_the_mode
         while not configured.done() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert configured.result().success
-        assert sorted(stage_threads()) == ['romav2_host', 'romav2_model']
+        assert sorted(stage_threads()) == STAGES
     finally:
         executor.shutdown()
         node.close()
@@ -93,7 +96,7 @@ def test_a_configure_failing_in_any_way_leaves_the_node_unconfigured_without_thr
         assert stage_threads() == []
         assert node._state_machine.current_state[1] == 'unconfigured'
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
-        assert sorted(stage_threads()) == ['romav2_host', 'romav2_model']
+        assert sorted(stage_threads()) == STAGES
     finally:
         node.close()
         node.destroy_node()
