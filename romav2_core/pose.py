@@ -45,6 +45,10 @@ MIN_MATCHES = 8
 RANSAC_METHOD = cv2.USAC_FAST
 RANSAC_CONFIDENCE = 0.999
 RANSAC_MAX_ITERS = 1000
+#: RANSAC scores its hypotheses on at most this many of the matches (every n-th, so that they
+#: spread over the image as all do); its model is checked against all of them, and the
+#: refinement that follows fits all: RANSAC only has to start it in the right basin.
+RANSAC_SCORED_MATCHES = 1000
 
 
 @dataclass
@@ -390,17 +394,23 @@ def estimate_relative_pose(points_a, points_b, K_a, K_b, D_a=None, D_b=None,
     xa = normalize_points(points_a, K_a, D_a, model_a)
     xb = normalize_points(points_b, K_b, D_b, model_b)
     focal = float(np.mean([K_a[0, 0], K_a[1, 1], K_b[0, 0], K_b[1, 1]]))
-    found = _ransac_essential(xa, xb, ransac_threshold_px / focal, confidence, max_iters)
+    every = -(-n // RANSAC_SCORED_MATCHES)
+    found = _ransac_essential(xa[::every], xb[::every], ransac_threshold_px / focal,
+                              confidence, max_iters)
     if found is None:
         return None
-    E, inliers = found
+    E, scored_inliers = found
     if cov_b is None:
         cov_b = np.broadcast_to(np.eye(2), (n, 2, 2))
     ca = None if cov_a is None else _normalized_covariance(
         cov_a, undistortion_jacobian(xa, K_a, D_a, model_a))
     cb = _normalized_covariance(cov_b, undistortion_jacobian(xb, K_b, D_b, model_b))
     problem = _WeightedSampson(xa, xb, ca, cb)
-    R, t = _decompose(E, problem.xa[inliers], problem.xb[inliers])
+    R, t = _decompose(E, problem.xa[::every][scored_inliers],
+                      problem.xb[::every][scored_inliers])
+    inliers = problem.sampson_px(R, t, focal) < ransac_threshold_px
+    if inliers.sum() < MIN_MATCHES:
+        return None
 
     # A robust fit on the RANSAC inliers (their pixel threshold lets in outliers that the
     # covariance weighting would make heavy; the cheirality subset can be half of a wrong
