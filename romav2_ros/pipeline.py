@@ -202,7 +202,7 @@ class MatchingPipeline:
         return out
 
     def process_batch(self, sets: list, wanted: set) -> list:
-        """Several sets in arrival order through both stages, the model's part as one batch
+        """Several sets in arrival order through the three stages, the model's part as one batch
         where the mode allows: per set a PipelineResult, or the InputError that refused it."""
         if not self.mode.batchable:
             return [out for msgs in sets for out in self._both([msgs], wanted)]
