@@ -104,7 +104,7 @@ PREFILTER = 8
 
 #: Flat cell indices ``[n]`` -> which of those cells may be drawn ``[n]`` bool.
 UsableAt = Callable[[Tensor], Tensor]
-#: Every this many-th cell estimates the usable share of the weight (see below).
+#: Every this many-th cell estimates the usable weight (see below).
 SHARE_STRIDE = 61
 
 
@@ -112,7 +112,8 @@ def _weighted_without_replacement(weights: Tensor, k: int, generator: torch.Gene
                                   usable_at: Optional[UsableAt] = None
                                   ) -> tuple[Tensor, Tensor]:
     """``k`` indices drawn without replacement with probability proportional to ``weights``
-    ``[N]`` among the cells that ``usable_at`` admits (all without it) (Efraimidis-Spirakis:
+    ``[N]`` (negative ones count as 0) among the cells that ``usable_at`` admits (all without
+    it) (Efraimidis-Spirakis:
     the ``k`` smallest of ``E_i / w_i``, ``E_i ~ Exp(1)``, the same distribution as drawing
     one at a time), and which of them are real draws: where fewer than ``k`` usable weights
     are positive the rest have infinite keys (False). Fixed shapes, so nothing waits for the
@@ -121,14 +122,14 @@ def _weighted_without_replacement(weights: Tensor, k: int, generator: torch.Gene
     if weights.device.type == 'cpu' and PREFILTER * k < n:
         # On a CPU a random number and a top-k over every cell cost more than everything
         # else here, and so does deciding which cells are usable: draw only the keys below
-        # a level tau that about 2 k usable cells pass (the usable share of the weight
-        # estimated on every SHARE_STRIDE-th cell), keep the usable ones among them, then
-        # take the k smallest -- the same k unless fewer than k passed.
-        total = float(weights.sum())
+        # a level tau that about 2 k usable cells pass (the usable weight estimated on every
+        # SHARE_STRIDE-th cell: tau only sets how many candidates come), keep the usable ones
+        # among them, then take the k smallest -- the same k unless fewer than k passed.
+        probe = torch.arange(0, n, SHARE_STRIDE, device=weights.device)
+        w = weights.index_select(0, probe).clamp_min(0)
         if usable_at is not None:
-            probe = torch.arange(0, n, SHARE_STRIDE, device=weights.device)
-            w = weights.index_select(0, probe)
-            total *= float(w[usable_at(probe)].sum()) / max(float(w.sum()), 1e-30)
+            w = w[usable_at(probe)]
+        total = float(w.sum()) * n / probe.shape[0]
         found = _keys_below(weights, 2 * k / max(total, 1e-30), generator)
         if found is not None:
             cand, keys = found
@@ -138,6 +139,7 @@ def _weighted_without_replacement(weights: Tensor, k: int, generator: torch.Gene
             if cand.shape[0] >= k:
                 keys, pick = torch.topk(keys, k, largest=False, sorted=False)
                 return cand[pick], torch.isfinite(keys)
+    weights = weights.clamp_min(0)
     if usable_at is not None:
         weights = torch.where(usable_at(torch.arange(n, device=weights.device)), weights, 0.0)
     u = torch.rand(weights.shape, generator=generator, device=weights.device)
@@ -149,7 +151,8 @@ def _weighted_without_replacement(weights: Tensor, k: int, generator: torch.Gene
 def _keys_below(weights: Tensor, tau: float, generator: torch.Generator):
     """The cells with ``E_i / w_i < tau`` and their keys, as :func:`_weighted_without_replacement`
     would draw them, without a random number per cell (None when too many cells pass for
-    that to pay). Cell i is in with probability ``q_i = 1 - exp(-tau w_i)``, independently:
+    that to pay). Cell i is in with probability ``q_i = 1 - exp(-tau w_i)`` (never when
+    ``w_i <= 0``), independently:
     candidates come at the highest such rate ``q`` (a Bernoulli process, drawn as geometric
     gaps), each kept with ``q_i / q``; a kept cell's ``E_i`` is Exp(1) conditioned below
     ``tau w_i``: ``-log(1 - r q_i)``, ``r`` uniform."""
@@ -190,9 +193,8 @@ def balanced_sample(points_a: Tensor, certainty: Tensor, usable_at: UsableAt, nu
     real draws (False past the number of usable matches), without waiting for the device.
     """
     n_all = certainty.shape[0]
-    cand, cand_drawn = _weighted_without_replacement(certainty.clamp_min(0),
-                                                     min(EXPANSION * num, n_all), generator,
-                                                     usable_at)
+    cand, cand_drawn = _weighted_without_replacement(certainty, min(EXPANSION * num, n_all),
+                                                     generator, usable_at)
     cells = BALANCE_CELLS
     pa = points_a.index_select(0, cand)
     cx = (pa[:, 0] / hw_a[1] * cells).long().clamp(0, cells - 1)

@@ -292,6 +292,22 @@ def test_sampling_draws_as_the_host_sampler_did(ho, wo, num, unusable):
     assert chi2_contingency(counts)[1] > 1e-3
 
 
+@pytest.mark.parametrize('ho, wo', [(40, 40), (96, 128)])
+def test_negative_certainties_are_never_drawn(ho, wo):
+    """A matcher's certainty below 0 weighs as 0 on both of the CPU's paths (the smaller grid
+    draws a key for every cell, the larger only for the cells below a level)."""
+    rng = np.random.default_rng(5)
+    certainty = rng.uniform(-1, 1, (ho, wo)).astype(np.float32)
+    hw = (3 * ho, 4 * wo)
+    g = PairGrid(torch.zeros(ho, wo, 2), torch.tensor(certainty[..., None]),
+                 torch.eye(2).expand(ho, wo, 2, 2), hw, hw, -2.0)    # every cell valid
+    positive = int((certainty > 0).sum())
+    for seed in range(20):
+        out = sample_matches(g, 60, torch.Generator().manual_seed(seed))
+        s = Samples.from_host(out['samples'].numpy(), out['drawn'].numpy())
+        assert len(s) == 60 and (s.certainty > 0).all() and positive > 4 * 60
+
+
 @pytest.mark.gpu
 def test_products_on_cuda_equal_the_cpu():
     rig = real_rig()
