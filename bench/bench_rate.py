@@ -15,9 +15,9 @@ Three processes on loopback, all with the Fast DDS large-image profile
    (``config/stereo_odometry.yaml`` for the odometry case), so its defaults are the user's
    (input QoS sensor_data, output QoS reliable depth 1, ...); only ``model_source`` differs
    (and ``publish_tf`` for the TF case; ``setting``/``device``/``weights``/``stage_nice`` when
-   given). The
-   model is the TIMING STAND-IN (bench/timing_standin.py: the real model's output sizes, a
-   chosen model time, ``--model-ms``) or the real model (``--model random`` / ``pretrained``).
+   given). The model is the TIMING STAND-IN (bench/timing_standin.py: the real model's output
+   sizes, a chosen model time, ``--model-ms``) or the real model (``--model random`` /
+   ``pretrained``).
 3. **subscriber** (``--role subscriber``): subscribes to the case's outputs (reliable, like the
    node's default output QoS; serialized, as ros2_benchmark's monitor does, so it pays no
    deserialisation) and ``/diagnostics``; records per stamp the wall-clock arrival of each
