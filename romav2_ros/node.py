@@ -34,7 +34,7 @@ the host stage is the slower one the model works on the freshest set). The host 
 builds and publishes the messages, in arrival order. So set n+2 is decoded and the model runs
 on set n+1 while set n is posed and published. Outputs are computed only for topics with
 subscribers and ``publish_<key>`` true; each set is processed with one snapshot of the runtime
-parameters, taken when it is decoded. Each configuration has its own stage threads and
+parameters and of those subscribers, taken when it is decoded. Each configuration has its own stage threads and
 queues (:class:`~romav2_ros.stages.Stages`), which a cleanup stops and joins. The executor
 (:class:`~romav2_ros.executor.InputFirstExecutor`) runs the input callbacks on its spinning
 thread and everything else on a pool of :data:`EXECUTOR_THREADS` threads; the lifecycle
@@ -307,18 +307,21 @@ class MatchingNodeCore:
         """Decode stage, one synchronised set (skipped while nobody listens); never raises."""
         try:
             self.diagnostics.gauge('queue_depth', len(stages.inputs))
-            if not self._listened():
+            listened = self._listened()
+            if not listened:
                 self._skip(stages)
                 return
-            if stages.decoded.put(stages.pipeline.decode(msgs)):
+            if stages.decoded.put((stages.pipeline.decode(msgs), listened)):
                 self.diagnostics.count('dropped')
         except Exception as exc:  # noqa: BLE001
             self._fault(stages, exc)
 
-    def _model_step(self, stages: Stages, decoded: Decoded) -> None:
-        """Model stage, one decoded set; never raises (the thread must survive)."""
+    def _model_step(self, stages: Stages, item: tuple[Decoded, set]) -> None:
+        """Model stage, one decoded set and the outputs listened to when it was decoded;
+        never raises (the thread must survive)."""
         try:
-            wanted = self._wanted()
+            decoded, listened = item
+            wanted = self._wanted(listened)
             if not wanted:
                 self._skip(stages)
                 return
@@ -355,10 +358,10 @@ class MatchingNodeCore:
             listened.add(TF)
         return listened
 
-    def _wanted(self) -> set:
-        """The outputs of the set the model stage takes now: the listened ones, the
+    def _wanted(self, listened: set) -> set:
+        """The outputs of the set the model stage takes now: the ``listened`` ones, the
         pictures at most ``viz_rate`` times a second."""
-        wanted = self._listened()
+        wanted = set(listened)
         rate = self.values['viz_rate']
         if wanted & set(VIZ_OUTPUTS):
             now = time.monotonic()

@@ -71,9 +71,9 @@ class InProcessNode(MatchingNodeCore):
         self.synchronized += 1
         super()._on_synchronized(*msgs)
 
-    def _model_step(self, stages, decoded) -> None:
+    def _model_step(self, stages, item) -> None:
         self.taken += 1
-        super()._model_step(stages, decoded)
+        super()._model_step(stages, item)
 
     def _create_output_publisher(self, msg_type, topic, qos):
         return RecordingPublisher()

@@ -26,6 +26,17 @@ def key(stamp: Time) -> int:
     return (stamp.sec - 100) * 10 + stamp.nanosec // 100_000_000
 
 
+def feed_in_turn(node: InProcessNode, n: int) -> None:
+    """Sets 0..n-1, each given when the model stage took the one before; returns once n
+    warp outputs came (or after 10 s)."""
+    for k in range(n):
+        node._on_synchronized(*fm.stereo_set(k, t(k)))
+        node.wait_taken()
+    deadline = time.monotonic() + 10
+    while len(node.outputs('warp')) < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 @pytest.fixture
 def recorded(monkeypatch):
     """Intervals (stamp key, start, end) of the model stage's ``infer`` and the host stage's
@@ -62,12 +73,7 @@ def test_the_model_stage_runs_set_n_plus_1_while_the_host_stage_posts_set_n(reco
     recorded['node_box']['node'] = node
     try:
         started = time.monotonic()
-        for k in range(8):
-            node._on_synchronized(*fm.stereo_set(k, t(k)))
-            node.wait_taken()
-        deadline = time.monotonic() + 10
-        while len(node.outputs('warp')) < 8 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        feed_in_turn(node, 8)
         elapsed = time.monotonic() - started
         stamps = [key(m.header.stamp) for m in node.outputs('warp')]
         assert stamps == list(range(8))
@@ -102,12 +108,7 @@ def test_the_decode_stage_decodes_set_n_plus_1_while_the_model_matches_set_n(rec
     node = InProcessNode('stereo', model_source='fault_matchers:timed_shift').start()
     recorded['node_box']['node'] = node
     try:
-        for k in range(5):
-            node._on_synchronized(*fm.stereo_set(k, t(k)))
-            node.wait_taken()
-        deadline = time.monotonic() + 10
-        while len(node.outputs('warp')) < 5 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        feed_in_turn(node, 5)
         assert [key(m.header.stamp) for m in node.outputs('warp')] == list(range(5))
         assert {name for *_, name in decoded} == {'romav2_decode'}
         infer = {k: (start, end) for k, start, end in recorded['infer']}
