@@ -247,10 +247,17 @@ def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b
         px, _ = _projection((rays / rho[:, None]) @ R.T + t, K_b)
         return np.linalg.norm(px - points_b, axis=1)
 
+    # Each fit starts every point's inverse depth where the fit before left it (its stereo
+    # measurement before any): a fit from the stereo depths spends its first steps moving
+    # the depths back to where the previous fit had them.
+    rho_start = rho0.copy()
+
     def fit(mask, R, t, tol=GN_DECREMENT_TOL, robust=False):
         problem = _StereoPnP(rays[mask], points_b[mask], tuple(w[mask] for w in W), d[mask],
                              sigma_d[mask], fT, K_b)
-        return problem.refine(R, t, rho0[mask], tol, robust)
+        R, t, rho, cost, S = problem.refine(R, t, rho_start[mask], tol, robust)
+        rho_start[mask] = rho
+        return R, t, rho_start, cost, S
 
     band = SELECTION_BAND * ransac_threshold_px
     seeded_by = 'ransac'
@@ -282,12 +289,10 @@ def estimate_metric_pose(points_a, disparity_a, var_disparity_a, points_b, cov_b
     m = int(inliers.sum())
     dof = max(3 * m - 6 - m, 1)            # 3 residuals a point, 6 pose + 1 depth parameters
     covariance = np.linalg.pinv(S) * max(1.0, cost / dof)
-    rho_all = rho0.copy()
-    rho_all[inliers] = rho
     return PoseEstimate(R=R, t=t, covariance=_spd(covariance), inliers=inliers,
                         num_matches=n, num_inliers=m, mean_epipolar_error=float('nan'),
                         scale_observable=True,
-                        mean_reprojection_error=float(reprojection_px(R, t, rho_all)[inliers]
+                        mean_reprojection_error=float(reprojection_px(R, t, rho)[inliers]
                                                       .mean()),
                         seeded_by=seeded_by)
 
