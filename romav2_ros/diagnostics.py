@@ -19,8 +19,9 @@ several namespaces stay apart in a diagnostic aggregator), hardware_id = that na
   each output publisher has matched, counted on the publishing side, so a message published
   now reaches that many (a subscriber's own view of the graph can see the node's publisher
   before this publisher has matched it, and a volatile message sent meanwhile is lost to it).
-  The queues' depths are in the input status: ``queue_depth`` (sets waiting for the model)
-  and ``handoff_depth`` (sets waiting for the host stage), each with its ``_max``.
+  The queues' depths are in the input status: ``queue_depth`` (sets waiting for the decode
+  stage), ``decoded_depth`` (decoded sets waiting for the model stage) and ``handoff_depth``
+  (sets waiting for the host stage), each with its ``_max``.
   WARN while faults happened in the last period.
 * ``<node>: stereo calibration`` (stereo mode): on rectified inputs a true match has no
   vertical disparity, so the matches measure the calibration error: the median and 90th

@@ -34,12 +34,13 @@ the host stage is the slower one the model works on the freshest set). The host 
 builds and publishes the messages, in arrival order. So set n+2 is decoded and the model runs
 on set n+1 while set n is posed and published. Outputs are computed only for topics with
 subscribers and ``publish_<key>`` true; each set is processed with one snapshot of the runtime
-parameters and of those subscribers, taken when it is decoded. Each configuration has its own stage threads and
-queues (:class:`~romav2_ros.stages.Stages`), which a cleanup stops and joins. The executor
-(:class:`~romav2_ros.executor.InputFirstExecutor`) runs the input callbacks on its spinning
-thread and everything else on a pool of :data:`EXECUTOR_THREADS` threads; the lifecycle
-services have their own callback group, so parameter and lifecycle services answer while the
-model is being built.
+parameters and of those subscribers, taken when it is decoded. Each configuration has its own
+stage threads and queues (:class:`~romav2_ros.stages.Stages`), which a cleanup stops and
+joins. The executor (:class:`~romav2_ros.executor.InputFirstExecutor`) runs the input
+callbacks on its spinning thread and everything else on a pool of threads
+(``romav2_ros/process.py``: the process around the node); the lifecycle services have their
+own callback group, so parameter and lifecycle services answer while the model is being
+built.
 
 Faults never end a stage thread: CUDA out-of-memory drops that set (counted as ``oom``; the
 failed set's tensors are let go, then the CUDA cache is emptied) and any other exception is
@@ -50,13 +51,7 @@ Topics, parameters and conventions: README.md (section "The node").
 """
 from __future__ import annotations
 
-import atexit
-import ctypes
-import faulthandler
 import gc
-import logging
-import os
-import signal
 import sys
 import threading
 import time
@@ -65,18 +60,18 @@ import traceback
 import rclpy
 import rclpy.exceptions
 import torch
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.lifecycle import LifecycleNodeMixin, TransitionCallbackReturn
 from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from romav2_ros import matchers, messages, params, static_tf
+from romav2_ros import matchers, messages, params, process, static_tf
 from romav2_ros.bond import ManagedNodeBond
 from romav2_ros.diagnostics import Diagnostics
-from romav2_ros.executor import InlineCallbackGroup, InputFirstExecutor, watch_for_shutdown
+from romav2_ros.executor import InlineCallbackGroup
 from romav2_ros.pipeline import TF, VIZ_OUTPUTS, Decoded, Inferred, InputError, \
     MatchingPipeline, mode_outputs
+from romav2_ros.process import StartupError
 from romav2_ros import sync as synchronizers
 from romav2_ros.stages import Stages
 from romav2_ros.sync import Subscriber
@@ -85,9 +80,6 @@ from romav2_ros.sync import Subscriber
 LOG_REPEAT_S = 30.0
 #: Seconds a cleanup waits for the stage threads (a model call on a CPU can take that long).
 JOIN_TIMEOUT_S = 60.0
-#: Executor pool threads: parameter and lifecycle services, timers (the 1 Hz diagnostics); the
-#: input callbacks run on the spinning thread (romav2_ros.executor).
-EXECUTOR_THREADS = 3
 _STEREO_TOPICS = ('left/image_rect', 'left/camera_info', 'right/image_rect',
                   'right/camera_info')
 INPUT_TOPICS = {'stereo': _STEREO_TOPICS, 'sequential': ('image', 'camera_info'),
@@ -95,10 +87,6 @@ INPUT_TOPICS = {'stereo': _STEREO_TOPICS, 'sequential': ('image', 'camera_info')
 #: TF broadcasting as tf2_ros.TransformBroadcaster does it: /tf, reliable, depth 100.
 TF_TOPIC, TF_DEPTH = '/tf', 100
 NODE_NAME = 'romav2_node'
-
-
-class StartupError(RuntimeError):
-    """The node cannot start; the message says what to do."""
 
 
 class MatchingNodeCore:
@@ -313,6 +301,7 @@ class MatchingNodeCore:
                 return
             if stages.decoded.put((stages.pipeline.decode(msgs), listened)):
                 self.diagnostics.count('dropped')
+            self.diagnostics.gauge('decoded_depth', len(stages.decoded))
         except Exception as exc:  # noqa: BLE001
             self._fault(stages, exc)
 
@@ -320,6 +309,7 @@ class MatchingNodeCore:
         """Model stage, one decoded set and the outputs listened to when it was decoded;
         never raises (the thread must survive)."""
         try:
+            self.diagnostics.gauge('decoded_depth', len(stages.decoded))
             decoded, listened = item
             wanted = self._wanted(listened)
             if not wanted:
@@ -548,85 +538,6 @@ def _explain(exc: BaseException, values: dict) -> str:
     return f'cannot build the matcher: {text}'
 
 
-def _run(make_node, start) -> int:
-    """Create the node, spin, and ``start(node)`` from the executor (so that its services
-    answer meanwhile), until SIGINT/SIGTERM; the exit status."""
-    log = rclpy.logging.get_logger(NODE_NAME)
-    # `kill -USR1 <pid>`: every thread's Python stack to stderr (a node that seems stuck)
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
-    node = None
-    status = 0
-    failure = []
-    try:
-        node = make_node()
-        executor = InputFirstExecutor(num_threads=EXECUTOR_THREADS)
-        executor.add_node(node)
-        watch_for_shutdown(node)
-
-        def start_once():
-            timer.cancel()
-            try:
-                start(node)
-            except Exception as exc:  # noqa: BLE001 - reported below, exit status 1
-                failure.append(exc)
-                rclpy.try_shutdown()          # ends the spin
-        timer = node.create_timer(0.0, start_once,
-                                  callback_group=MutuallyExclusiveCallbackGroup())
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
-        except Exception:
-            if rclpy.ok():
-                raise
-            # SIGINT/SIGTERM shut the context down while the executor was building its wait
-            # set: rclpy raises RCLError ("context is not valid") instead of
-            # ExternalShutdownException there. That is a requested shutdown, not a failure.
-        if failure:
-            raise failure[0]
-    except KeyboardInterrupt:
-        pass
-    except StartupError as exc:
-        log.fatal(str(exc))
-        status = 1
-    except (ValueError, rclpy.exceptions.ParameterException) as exc:
-        log.fatal(f'invalid parameters: {exc}')
-        status = 1
-    except Exception:
-        if rclpy.ok():
-            raise
-        # SIGINT/SIGTERM shut the context down while the node or the executor was being
-        # created: a requested shutdown, not a failure.
-    finally:
-        if node is not None:
-            # After SIGINT/SIGTERM the context is shut down already: the node's own logger
-            # (and its children, which share its rosout) would add rcl's "Failed to publish
-            # log message to rosout" after the line; a logger of its own has no rosout.
-            exit_log = log if rclpy.ok() else rclpy.logging.get_logger(NODE_NAME + '.exit')
-            exit_log.info('shutting down')
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-        _release_context()
-    if os.path.basename(sys.argv[0]) in ('romav2_node', 'romav2_lifecycle_node'):
-        _exit_now(status)
-    return status
-
-
-def _exit_now(status: int) -> None:
-    """The console script's exit: everything is shut down (stage threads joined, node
-    destroyed, DDS participant released), so after the atexit handlers and the logging and
-    stdio flushes skip the interpreter's teardown of torch and its extensions, which takes
-    0.7 s to several seconds on a loaded machine and would push SIGINT/SIGTERM shutdown
-    past 2 s."""
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    ctypes.CDLL(None).fflush(None)        # C stdio: rcutils' console log lines
-    os._exit(status)
-
-
 def _autostart(node: RoMaV2LifecycleNode) -> None:
     if node.values['autostart'] and \
             node.trigger_configure() == TransitionCallbackReturn.SUCCESS:
@@ -636,26 +547,13 @@ def _autostart(node: RoMaV2LifecycleNode) -> None:
 def main(args=None) -> int:
     """``romav2_node``: configure and activate at start; exit 1 when that fails."""
     rclpy.init(args=args)
-    return _run(RoMaV2Node, RoMaV2Node.start)
+    return process.run(RoMaV2Node, RoMaV2Node.start, NODE_NAME)
 
 
 def lifecycle_main(args=None) -> int:
     """``romav2_lifecycle_node``: a managed node (``autostart:=true`` to bring it up)."""
     rclpy.init(args=args)
-    return _run(RoMaV2LifecycleNode, _autostart)
-
-
-def _release_context() -> None:
-    """Destroy the default rclpy context now (its DDS participant and shared memory)
-    rather than whenever the garbage collector gets to it."""
-    try:
-        from rclpy.utilities import get_default_context
-        context = get_default_context()
-        destroy = getattr(context, 'destroy', None)
-        if destroy is not None:
-            destroy()
-    except Exception:  # noqa: BLE001 - best effort at exit
-        pass
+    return process.run(RoMaV2LifecycleNode, _autostart, NODE_NAME)
 
 
 if __name__ == '__main__':

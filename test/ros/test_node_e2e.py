@@ -271,7 +271,8 @@ def test_latest_only_under_load(tester, tmp_path):
             tester.spin_for(max(0.0, start + k / 30.0 - time.monotonic()))
         tester.spin_for(2.5)
         values = tester.diag_values(': input')
-        assert int(values['queue_depth_max']) <= 1
+        assert int(values['queue_depth_max']) <= 1       # both queues before the model
+        assert int(values['decoded_depth_max']) <= 1     # hold the latest set only
         dropped = int(values['dropped'])
         processed = int(tester.diag_values(': processing')['processed'])
         assert dropped > k / 3, values

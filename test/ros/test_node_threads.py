@@ -13,7 +13,8 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
 from romav2_ros.executor import InputFirstExecutor
-from romav2_ros.node import EXECUTOR_THREADS, RoMaV2LifecycleNode
+from romav2_ros.node import RoMaV2LifecycleNode
+from romav2_ros.process import EXECUTOR_THREADS
 
 pytestmark = [pytest.mark.ros, pytest.mark.usefixtures('ros_env_guard')]
 
