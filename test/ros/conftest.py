@@ -6,7 +6,12 @@ import os
 import pytest
 
 import tf2_msgs_build
-from node_harness import Tester
+from node_harness import Tester, profile_env
+
+# Fast DDS reads its profiles file once per process, when the first participant is created:
+# set it before any test here creates one (a private ``context`` before the first Tester left
+# the test process on the default transports, which lose the 1 MB best-effort images).
+os.environ.update(profile_env())
 
 
 @pytest.fixture
