@@ -146,7 +146,7 @@ def numpy_to_imgmsg(arr: np.ndarray, encoding: str, header=None):
         raise InputError('zero_size', f'empty image {arr.shape}')
     arr = np.ascontiguousarray(arr, dtype.newbyteorder('<'))
     msg = Image(height=arr.shape[0], width=arr.shape[1], encoding=encoding, is_bigendian=0,
-                step=arr.shape[1] * channels * dtype.itemsize)
+                step=arr.shape[1] * channels * dtype.itemsize, check_fields=True)
     msg.data = byte_array(arr)
     if header is not None:
         msg.header = header
@@ -155,9 +155,11 @@ def numpy_to_imgmsg(arr: np.ndarray, encoding: str, header=None):
 
 def byte_array(arr: np.ndarray) -> array.array:
     """The bytes of a C-contiguous array as the ``array.array('B')`` that rclpy stores for a
-    ``uint8[]`` field: one copy (rclpy converts any other type element by element)."""
+    ``uint8[]`` field: one copy (rclpy converts any other type element by element). A message
+    keeps it as it is only when built with ``check_fields=True``: otherwise (the default,
+    ``ROS_PYTHON_CHECK_FIELDS`` unset) the field's setter copies it once more."""
     out = array.array('B')
-    out.frombytes(memoryview(np.ascontiguousarray(arr)).cast('B'))
+    out.frombytes(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))   # empty arrays too
     return out
 
 
@@ -205,7 +207,8 @@ def numpy_to_compressed(arr: np.ndarray, encoding: str, fmt: str = 'jpeg', heade
     ok, buf = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', codec_arr, params)
     if not ok:
         raise InputError('encode_failed', f'cv2.imencode failed for {encoding} as {fmt}')
-    msg = CompressedImage(format=f'{encoding}; {fmt} compressed {codec_enc}')
+    msg = CompressedImage(format=f'{encoding}; {fmt} compressed {codec_enc}',
+                          check_fields=True)
     msg.data = byte_array(buf)
     if header is not None:
         msg.header = header

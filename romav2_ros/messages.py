@@ -4,8 +4,9 @@ Inputs are numpy arrays and ``romav2_core`` results with documented units and fr
 builders only lay them out as the standard messages define (``sensor_msgs/Image`` via
 ``image_conversion.numpy_to_imgmsg``, ``stereo_msgs/DisparityImage``, ``sensor_msgs/PointCloud2``,
 REP 103 poses and covariances) and the package's own ``SampledMatches`` / ``RelativePose``,
-copying each array's bytes once (rclpy takes ``array.array`` fields as they are). Also the one
-stamp <-> nanoseconds conversion.
+copying each array's bytes once (messages with array fields are built with
+``check_fields=True``, so that rclpy keeps the ``array.array`` as it is:
+``image_conversion.byte_array``). Also the one stamp <-> nanoseconds conversion.
 """
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def point_cloud(points: np.ndarray, header, organized: bool = True,
     height, width = points.shape[:2]
     msg = PointCloud2(header=header, height=height, width=width, fields=POINT_FIELDS,
                       is_bigendian=False, point_step=POINT_STEP,
-                      row_step=POINT_STEP * width, is_dense=not organized)
+                      row_step=POINT_STEP * width, is_dense=not organized, check_fields=True)
     msg.data = byte_array(points)
     return msg
 
@@ -172,12 +173,12 @@ def sampled_matches(samples: Samples, header_a, header_b, hw_a, hw_b) -> Sampled
         points_a=float_array(samples.points_a), points_b=float_array(samples.points_b),
         certainty=float_array(samples.certainty),
         covariance_a=float_array(np.zeros(4 * n)),
-        covariance_b=float_array(samples.cov_b))
+        covariance_b=float_array(samples.cov_b), check_fields=True)
 
 
 def float_array(values: np.ndarray) -> array.array:
     """``values`` flattened as the ``array.array('f')`` rclpy stores for a ``float32[]`` field
-    (one copy; any other type is converted element by element)."""
+    (any other type is converted element by element; see ``byte_array``)."""
     out = array.array('f')
-    out.frombytes(np.ascontiguousarray(values, np.float32).tobytes())
+    out.frombytes(np.ascontiguousarray(values, np.float32).reshape(-1).view(np.uint8))
     return out

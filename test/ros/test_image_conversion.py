@@ -172,3 +172,28 @@ def test_bad_compressed_raises():
     assert err.value.code == 'decode_failed'
     with pytest.raises(InputError):
         compressed_to_numpy(CompressedImage(format='jpeg'))
+
+
+def test_output_messages_hold_their_arrays_bytes_once():
+    """An output message copies its array's bytes once (``byte_array``): the message keeps
+    that copy (built with ``check_fields=True``; by default an ``array.array`` field's setter
+    copies it again, doubling the memory traffic of every output image). tracemalloc's peak
+    while building counts every copy alive at once: one copy is the array's size."""
+    import tracemalloc
+
+    from std_msgs.msg import Header
+
+    from romav2_ros.messages import point_cloud
+    depth = np.random.default_rng(0).random((480, 640), np.float32)
+    points = np.random.default_rng(1).random((120, 160, 4), np.float32)
+    for build, nbytes in ((lambda: numpy_to_imgmsg(depth, '32FC1', Header()), depth.nbytes),
+                          (lambda: point_cloud(points, Header()), points.nbytes)):
+        build()                                  # imports and caches outside the measurement
+        tracemalloc.start()
+        msg = build()
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert len(msg.data) == nbytes
+        assert nbytes <= peak < 1.5 * nbytes, (peak, nbytes)
+    empty = point_cloud(points.reshape(-1, 4), Header(), organized=False, count=0)
+    assert (empty.height, empty.width, len(empty.data), empty.is_dense) == (1, 0, 0, True)
