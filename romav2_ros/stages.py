@@ -30,6 +30,9 @@ if TYPE_CHECKING:
 #: Sets between the model stage and the host stage: one waiting while one is posted (more only
 #: adds latency: the model stage never waits unless the host stage is the slower one).
 HANDOFF_DEPTH = 1
+#: The process's torch intra-op threads, read when the node is imported: the model stage's
+#: (the host stage runs one; see :func:`own_torch_threads`).
+MODEL_THREADS = torch.get_num_threads()
 
 
 class LatestQueue:
@@ -99,6 +102,7 @@ class Stages:
                 self.core._decode_step(self, item)
 
     def _model_stage(self) -> None:
+        own_torch_threads(MODEL_THREADS)
         try:
             self.pipeline = self.core._build_pipeline()
         except BaseException as exc:  # noqa: BLE001 - reported by start() to the caller
@@ -122,7 +126,7 @@ class Stages:
     def _host_stage(self) -> None:
         # The host stage's tensor work (the products, when the device is the CPU) is a few
         # passes over an image each: one thread, not competing with the model stage's.
-        torch.set_num_threads(1)
+        own_torch_threads(1)
         lower_priority(self.core.values['stage_nice'])
         while not (self.stop.is_set() and self.handoff.empty()):
             try:
@@ -165,6 +169,16 @@ class Stages:
     @property
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
+
+
+def own_torch_threads(n: int) -> None:
+    """Give the calling thread ``n`` torch intra-op threads, whatever other threads set.
+    ``torch.set_num_threads`` sets the calling thread's count and a process-wide value that
+    each thread copies at its first parallel op, replacing its own: so that copy is made
+    first, then this thread's count set (a host stage's 1 had become the model stage's too:
+    a CPU model at half speed on 2 cores)."""
+    torch.get_num_threads()
+    torch.set_num_threads(n)
 
 
 def lower_priority(nice: int) -> None:

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+import torch
 from builtin_interfaces.msg import Time
 
 import fault_matchers as fm
@@ -185,3 +186,32 @@ def test_the_decode_and_host_stages_run_stage_nice_levels_below_the_model_stage(
         assert got == expected
     finally:
         node.close()
+
+
+def test_the_model_stage_keeps_the_process_torch_threads_while_the_host_stage_runs_one(
+        monkeypatch):
+    """The host stage runs one torch thread; ``torch.set_num_threads`` also sets what a thread
+    takes at its first parallel op, so the model stage must set its own back (before: a model
+    on the CPU ran on one thread). Read where each stage does its work, with the process's
+    count set to 2 first (a 1-core machine would not tell the two apart)."""
+    torch.set_num_threads(2)
+    seen = {'infer': set(), 'finish': set()}
+    infer, finish = MatchingPipeline.infer, MatchingPipeline.finish
+
+    def recording_infer(self, sets, wanted):
+        seen['infer'].add(torch.get_num_threads())
+        return infer(self, sets, wanted)
+
+    def recording_finish(self, item):
+        seen['finish'].add(torch.get_num_threads())
+        return finish(self, item)
+    monkeypatch.setattr(MatchingPipeline, 'infer', recording_infer)
+    monkeypatch.setattr(MatchingPipeline, 'finish', recording_finish)
+    monkeypatch.setattr('romav2_ros.stages.MODEL_THREADS', 2)
+    node = InProcessNode('stereo').start()
+    try:
+        feed_in_turn(node, 3)
+        assert len(node.outputs('warp')) == 3
+    finally:
+        node.close()
+    assert seen == {'infer': {2}, 'finish': {1}}
