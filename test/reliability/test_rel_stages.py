@@ -193,14 +193,24 @@ def test_the_model_stage_keeps_the_process_torch_threads_while_the_host_stage_ru
     """The host stage runs one torch thread; ``torch.set_num_threads`` also sets what a thread
     takes at its first parallel op, so the model stage must set its own back (before: a model
     on the CPU ran on one thread). Read where each stage does its work, with the process's
-    count set to 2 first (a 1-core machine would not tell the two apart)."""
+    count set to 2 first (a 1-core machine would not tell them apart); the model stage's
+    decision after the match runs one (its small ops' parallel regions only wait for cores)."""
     torch.set_num_threads(2)
-    seen = {'infer': set(), 'finish': set()}
+    seen = {'infer': set(), 'after_match': set(), 'finish': set()}
     infer, finish = MatchingPipeline.infer, MatchingPipeline.finish
 
     def recording_infer(self, sets, wanted):
         seen['infer'].add(torch.get_num_threads())
-        return infer(self, sets, wanted)
+        after_match = self.mode.after_match
+
+        def recording_after_match(*args):
+            seen['after_match'].add(torch.get_num_threads())
+            return after_match(*args)
+        self.mode.after_match = recording_after_match
+        try:
+            return infer(self, sets, wanted)
+        finally:
+            del self.mode.after_match
 
     def recording_finish(self, item):
         seen['finish'].add(torch.get_num_threads())
@@ -214,4 +224,5 @@ def test_the_model_stage_keeps_the_process_torch_threads_while_the_host_stage_ru
         assert len(node.outputs('warp')) == 3
     finally:
         node.close()
-    assert seen == {'infer': {2}, 'finish': {1}}
+    # the decision after the match (small ops) on one thread too: MatchingPipeline._launch
+    assert seen == {'infer': {2}, 'after_match': {1}, 'finish': {1}}
