@@ -324,11 +324,21 @@ class MatchingPipeline:
         return res
 
 
+def own_torch_threads(n: int) -> int:
+    """Give the calling thread ``n`` torch intra-op threads, whatever other threads set; its
+    count before. ``torch.set_num_threads`` sets the calling thread's count and a process-wide
+    value that each thread copies at its first parallel op, replacing its own: so that copy is
+    made first, then this thread's count set (a host stage's 1 had become the model stage's
+    too: a CPU model at half speed on 2 cores)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return before
+
+
 @contextmanager
 def torch_threads(n: int):
     """The calling thread runs ``n`` torch intra-op threads inside, its own count after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    before = own_torch_threads(n)
     try:
         yield
     finally:

@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from romav2_ros.pipeline import MatchingPipeline, own_torch_threads
+
 if TYPE_CHECKING:
     import romav2_ros.node
-    from romav2_ros.pipeline import MatchingPipeline
 
 #: Sets between the model stage and the host stage: one waiting while one is posted (more only
 #: adds latency: the model stage never waits unless the host stage is the slower one).
@@ -169,16 +170,6 @@ class Stages:
     @property
     def alive(self) -> bool:
         return any(t.is_alive() for t in self.threads)
-
-
-def own_torch_threads(n: int) -> None:
-    """Give the calling thread ``n`` torch intra-op threads, whatever other threads set.
-    ``torch.set_num_threads`` sets the calling thread's count and a process-wide value that
-    each thread copies at its first parallel op, replacing its own: so that copy is made
-    first, then this thread's count set (a host stage's 1 had become the model stage's too:
-    a CPU model at half speed on 2 cores)."""
-    torch.get_num_threads()
-    torch.set_num_threads(n)
 
 
 def lower_priority(nice: int) -> None:

@@ -3,9 +3,13 @@
 Modules: :mod:`.inputs` (finding bags, output names, fingerprints), :mod:`.manifest` (what
 was computed, for resumable reruns), :mod:`.worker` (the long-lived model actor),
 :mod:`.chunks` (time chunks of long bags), :mod:`.report` (progress, table, summary.json),
-:mod:`.cli` (the driver). Ray is imported by the driver only when there is work to do; the
-node and the replay never import it.
+:mod:`.cli` (the driver), :mod:`.pool` (the Ray side: the cluster, the actor pool). Ray is
+imported only when there is work to do; the node and the replay never import it.
 """
+
+
+class FleetError(RuntimeError):
+    """The run cannot go on (exit status 1); ``str()`` is one line."""
 
 
 def main(argv=None) -> int:

@@ -326,7 +326,7 @@ def test_an_interrupt_that_ray_loses_still_ends_the_run(tmp_path, monkeypatch):
         def close(self):
             pass
 
-    monkeypatch.setattr(cli, '_Pool', LossyPool)
+    monkeypatch.setattr(cli, 'Pool', LossyPool)
     cli.INTERRUPT_REQUESTED.clear()
     run = cli.FleetRun(cli.parse_args([str(tmp_path), '--out', str(tmp_path / 'out')]))
     with pytest.raises(KeyboardInterrupt):
